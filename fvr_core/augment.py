@@ -1,0 +1,142 @@
+"""Batch augmentation on the training device: whole uint8 batches in, normalised float batches out.
+
+No per-image Python work: every op draws its random numbers for the whole batch at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .settings import IMAGENET_MEAN, IMAGENET_STD
+
+
+@dataclass(frozen=True)
+class AugmentSpec:
+    flip: bool = False
+    crop_pad: float = 0.0  # largest shift, as a fraction of the image side
+    colour: float = 0.0  # brightness/contrast/saturation jitter strength
+    jpeg: float = 0.0  # probability per image of JPEG re-compression (quality 50-95)
+    blur: float = 0.0  # probability per image of a Gaussian blur (sigma 0.3-1.5 px)
+    description: str = ""
+
+
+# one place names every augmentation level a page, the CLI or a config may choose
+AUGMENTATIONS: dict[str, AugmentSpec] = {
+    "none": AugmentSpec(description="no augmentation (the original recipe)"),
+    "light": AugmentSpec(flip=True, description="horizontal flip"),
+    "standard": AugmentSpec(flip=True, crop_pad=0.06, description="flip and random crop with padding"),
+    "strong": AugmentSpec(flip=True, crop_pad=0.08, colour=0.2, description="flip, crop/pad and colour jitter"),
+    "robust": AugmentSpec(
+        flip=True, crop_pad=0.06, jpeg=0.5, blur=0.3,
+        description="flip, crop/pad, JPEG re-compression and blur (for photos that were re-saved)",
+    ),
+}
+
+
+def normalize(batch_uint8: torch.Tensor) -> torch.Tensor:
+    """uint8 (B,3,H,W) -> float32 normalised with ImageNet statistics."""
+    mean = torch.tensor(IMAGENET_MEAN, device=batch_uint8.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=batch_uint8.device).view(1, 3, 1, 1)
+    return (batch_uint8.float().div_(255.0) - mean) / std
+
+
+def _per_image(mask_shape: int, probability: float, generator: torch.Generator, device) -> torch.Tensor:
+    return torch.rand(mask_shape, generator=generator, device=device) < probability
+
+
+def _jpeg(x: torch.Tensor, probability: float, generator: torch.Generator) -> torch.Tensor:
+    from torchvision.transforms.v2 import functional as TF
+
+    chosen = _per_image(x.shape[0], probability, generator, x.device)
+    if not chosen.any():
+        return x
+    quality = int(torch.randint(50, 96, (1,), generator=generator, device=x.device))
+    source = x[chosen] if x.device.type == "cpu" else x[chosen].cpu()
+    x = x.clone()
+    x[chosen] = TF.jpeg(source.contiguous(), quality).to(x.device)
+    return x
+
+
+def _flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    chosen = _per_image(x.shape[0], 0.5, generator, x.device).view(-1, 1, 1, 1)
+    return torch.where(chosen, x.flip(-1), x)
+
+
+def _crop_pad(x: torch.Tensor, fraction: float, generator: torch.Generator) -> torch.Tensor:
+    """Shift each image by up to `fraction` of its side, filling with reflected pixels."""
+    b, _, h, w = x.shape
+    pad = max(1, int(round(min(h, w) * fraction)))
+    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+    dy = torch.randint(0, 2 * pad + 1, (b, 1, 1), generator=generator, device=x.device)
+    dx = torch.randint(0, 2 * pad + 1, (b, 1, 1), generator=generator, device=x.device)
+    rows = torch.arange(h, device=x.device).view(1, h, 1) + dy
+    cols = torch.arange(w, device=x.device).view(1, 1, w) + dx
+    batch = torch.arange(b, device=x.device).view(b, 1, 1)
+    return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
+
+
+def _colour(x: torch.Tensor, strength: float, generator: torch.Generator) -> torch.Tensor:
+    b = x.shape[0]
+
+    def factor() -> torch.Tensor:
+        return 1.0 + (torch.rand(b, 1, 1, 1, generator=generator, device=x.device) * 2 - 1) * strength
+
+    x = x * factor()
+    grey = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = (x - grey) * factor() + grey
+    lum = (0.299 * x[:, :1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+    x = (x - lum) * factor() + lum
+    return x.clamp_(0.0, 1.0)
+
+
+def _blur(x: torch.Tensor, probability: float, generator: torch.Generator) -> torch.Tensor:
+    chosen = _per_image(x.shape[0], probability, generator, x.device)
+    if not chosen.any():
+        return x
+    sigma = 0.3 + 1.2 * float(torch.rand(1, generator=generator, device=x.device))
+    radius = max(1, int(round(2 * sigma)))
+    offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    kernel = torch.exp(-(offsets**2) / (2 * sigma**2))
+    kernel = kernel / kernel.sum()
+    c = x.shape[1]
+    blurred = F.pad(x, (radius, radius, radius, radius), mode="reflect")
+    blurred = F.conv2d(blurred, kernel.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
+    blurred = F.conv2d(blurred, kernel.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
+    return torch.where(chosen.view(-1, 1, 1, 1), blurred, x)
+
+
+class BatchAugmenter:
+    """Applies an augmentation level to uint8 batches; returns normalised float32 batches."""
+
+    def __init__(self, level: str, seed: int = 0, device: str | torch.device = "cpu"):
+        if level not in AUGMENTATIONS:
+            raise ValueError(f"unknown augmentation {level!r}: choose one of {', '.join(AUGMENTATIONS)}")
+        self.spec = AUGMENTATIONS[level]
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(seed)
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        spec, gen = self.spec, self.generator
+        if spec.jpeg:
+            batch = _jpeg(batch, spec.jpeg, gen)
+        x = batch.float().div_(255.0)
+        if spec.flip:
+            x = _flip(x, gen)
+        if spec.crop_pad:
+            x = _crop_pad(x, spec.crop_pad, gen)
+        if spec.colour:
+            x = _colour(x, spec.colour, gen)
+        if spec.blur:
+            x = _blur(x, spec.blur, gen)
+        mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+        return (x - mean) / std
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])

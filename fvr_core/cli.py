@@ -1,0 +1,363 @@
+"""python -m fvr_core: train, evaluate, predict, list runs and download data from a terminal."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_DATA, EXIT_DIVERGED, EXIT_DOWNLOAD, EXIT_RUN, EXIT_STOPPED = 0, 1, 2, 3, 4, 5, 6, 130
+EXIT_CODES = f"""exit codes:
+  {EXIT_OK}    success
+  {EXIT_FAILED}    training failed (see the run's error.txt) or an unexpected error
+  {EXIT_USAGE}    bad command line or invalid settings
+  {EXIT_DATA}    data problem: folder missing, too few usable images, an unreadable image
+  {EXIT_DIVERGED}    the run diverged (see its hint)
+  {EXIT_DOWNLOAD}    download failed (offline?)
+  {EXIT_RUN}    run or checkpoint not found or unusable
+  {EXIT_STOPPED}  the run was stopped or interrupted"""
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    from .config import TrainConfig, config_fields
+
+    defaults = TrainConfig()
+    group = parser.add_argument_group("training settings (TrainConfig; defaults as shown)")
+    for f in config_fields():
+        flag = "--" + f.name.replace("_", "-")
+        default = getattr(defaults, f.name)
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        kwargs: dict[str, Any] = {"dest": f.name, "default": None, "help": f"{f.metadata['help']} (default: {shown})"}
+        if f.metadata.get("choices"):
+            kwargs["choices"] = f.metadata["choices"]
+        if isinstance(default, bool):
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["metavar"] = f.name.upper()
+        group.add_argument(flag, **kwargs)
+
+
+def _config_from_args(args: argparse.Namespace):
+    from .config import TrainConfig, config_fields
+
+    base = {}
+    if args.config:
+        try:
+            base = json.loads(Path(args.config).read_text())
+        except (OSError, ValueError) as exc:
+            raise SystemExit(_fail(EXIT_USAGE, f"cannot read config file {args.config}: {exc}"))
+    overrides = {f.name: getattr(args, f.name) for f in config_fields() if getattr(args, f.name) is not None}
+    return TrainConfig.from_dict({**base, **overrides}).validate()
+
+
+def _fail(code: int, message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+class _ProgressBar:
+    """tqdm bars for the terminal; silent when output is not a terminal (tqdm's disable=None)."""
+
+    def __init__(self):
+        from tqdm import tqdm
+
+        self.tqdm = tqdm
+        self.bar = None
+
+    def __call__(self, event: str, info: dict) -> None:
+        if event == "decode":
+            if self.bar is None:
+                self.bar = self.tqdm(total=info["total"], desc="decoding images", unit="img", disable=None)
+            self.bar.n = info["done"]
+            self.bar.refresh()
+        elif event == "start":
+            self._close()
+            self.bar = self.tqdm(total=info["total_steps"], initial=info["step"], desc=f"training on {info['device']}", unit="step", disable=None)
+        elif event == "step" and self.bar is not None:
+            self.bar.n = info["step"]
+            self.bar.set_postfix(loss=f"{info['loss']:.4f}", refresh=False)
+            self.bar.refresh()
+        elif event == "epoch":
+            msg = (f"epoch {info['epoch']}: train loss {info['train_loss']:.4f} acc {info['train_acc']:.3f} | "
+                   f"val loss {info['val_loss']:.4f} acc {info['val_acc']:.3f} | {info['images_per_s']:.1f} img/s")
+            (self.bar.write if self.bar is not None else print)(msg)
+        elif event == "done":
+            self._close()
+
+    def _close(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _print_state(run) -> int:
+    from .runs import COMPLETED, DIVERGED, INTERRUPTED, STOPPED
+
+    status = run.status()
+    state = status["state"]
+    print(f"run {run.id}: {state}" + (f" ({status['message']})" if status.get("message") else ""))
+    if status.get("hint"):
+        print(f"hint: {status['hint']}")
+    test = run.test_metrics()
+    if test:
+        print(_format_metrics(test))
+    print(f"folder: {run.path}")
+    return {COMPLETED: EXIT_OK, DIVERGED: EXIT_DIVERGED, STOPPED: EXIT_STOPPED, INTERRUPTED: EXIT_STOPPED}.get(state, EXIT_FAILED)
+
+
+def _fmt(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _format_metrics(m: dict) -> str:
+    lines = [
+        f"accuracy {_fmt(m['accuracy'])}  balanced accuracy {_fmt(m['balanced_accuracy'])}  ROC AUC {_fmt(m['roc_auc'])}",
+        f"precision {_fmt(m['precision'])}  recall {_fmt(m['recall'])}  F1 {_fmt(m['f1'])}  (fake = positive; n = {m['n']})",
+        "confusion matrix (rows: true, columns: predicted):",
+        f"{'':>8}" + "".join(f"{c:>8}" for c in m["classes"]),
+    ]
+    lines += [f"{c:>8}" + "".join(f"{v:>8}" for v in row) for c, row in zip(m["classes"], m["confusion_matrix"])]
+    return "\n".join(lines)
+
+
+# ---- commands
+
+
+def cmd_train(args) -> int:
+    from .launcher import launch
+    from .training import Trainer, stop_on_sigterm
+    from .runs import RunStore
+
+    config = _config_from_args(args)
+    if not config.data:
+        return _fail(EXIT_USAGE, "--data is required: the folder holding fake/ and real/ (try: python -m fvr_core demo-data)")
+    config = config.replace(data=str(Path(config.data).expanduser().resolve()))
+    if args.background:
+        run = launch(config, args.runs_dir, max_concurrent=args.max_concurrent)
+        print(f"queued run {run.id} in {run.path.parent}; watch it with: python -m fvr_core runs --runs-dir {run.path.parent}")
+        return EXIT_OK
+    stop_on_sigterm()
+    run = RunStore(args.runs_dir).create(config)
+    print(f"run {run.id} in {run.path}")
+    Trainer(run, _ProgressBar()).fit()
+    return _print_state(run)
+
+
+def cmd_resume(args) -> int:
+    from .runs import RunStore
+    from .training import resume, stop_on_sigterm
+
+    run = RunStore(args.runs_dir).get(args.run)
+    stop_on_sigterm()
+    resume(run, _ProgressBar())
+    return _print_state(run)
+
+
+def cmd_stop(args) -> int:
+    from .launcher import stop
+    from .runs import RunStore
+
+    run = RunStore(args.runs_dir).get(args.run)
+    stop(run)
+    print(f"asked run {run.id} to stop (it was {run.state})")
+    return EXIT_OK
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluation import evaluate_run
+    from .runs import RunStore
+
+    run = RunStore(args.runs_dir).get(args.run)
+    result = evaluate_run(run, data=args.data, split=args.split, which=args.checkpoint)
+    if args.json:
+        if not args.per_image:
+            result.pop("predictions")
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"run {run.id} ({run.config.model}, {args.checkpoint} checkpoint) on {result['split']} of {result['data']}")
+        print(_format_metrics(result))
+    return EXIT_OK
+
+
+def cmd_predict(args) -> int:
+    from .predict import Predictor
+    from .runs import RunStore
+
+    run = RunStore(args.runs_dir).get(args.run)
+    predictor = Predictor.from_run(run, which=args.checkpoint)
+    results = predictor.predict(args.images, names=args.images)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in results], indent=2))
+    else:
+        width = max(len(r.source) for r in results)
+        for r in results:
+            if r.error:
+                print(f"{r.source:<{width}}  error: {r.error}")
+            else:
+                print(f"{r.source:<{width}}  P(fake) = {r.prob_fake:.4f}  -> {r.label}")
+    return EXIT_DATA if any(r.error for r in results) else EXIT_OK
+
+
+def cmd_runs(args) -> int:
+    from .runs import RunStore
+
+    store = RunStore(args.runs_dir)
+    rows = store.summaries(model=args.model, state=args.state)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    if not rows:
+        print(f"no runs in {store.root}")
+        return EXIT_OK
+    columns = ["run", "model", "state", "epochs", "lr", "image_size", "best_val_acc", "test_acc", "test_balanced_acc", "test_roc_auc"]
+    table = [[_fmt(row[c]) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in table)) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
+    for r in table:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths)))
+    return EXIT_OK
+
+
+def cmd_delete(args) -> int:
+    from .runs import RunStore
+
+    store = RunStore(args.runs_dir)
+    run = store.get(args.run)
+    store.delete(run)
+    print(f"deleted run {run.id}")
+    return EXIT_OK
+
+
+def cmd_download(args) -> int:
+    from .download import download_kaggle
+
+    path = download_kaggle(args.handle, force=args.force)
+    print(path)
+    return EXIT_OK
+
+
+def cmd_demo_data(args) -> int:
+    from .demo import make_demo_dataset
+
+    print(make_demo_dataset(args.out, per_class=args.per_class, size=args.size))
+    return EXIT_OK
+
+
+def cmd_models(args) -> int:
+    from .models import MODELS
+
+    for spec in MODELS.values():
+        print(f"{spec.name:<20} {spec.parameter_count / 1e6:7.2f}M params  {spec.default_image_size}px  {spec.description}")
+    return EXIT_OK
+
+
+def cmd_worker(args) -> int:
+    from .launcher import work
+
+    work(args.runs_dir, args.max_concurrent)
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .launcher import DEFAULT_MAX_CONCURRENT
+    from .settings import runs_root
+
+    parser = argparse.ArgumentParser(
+        prog="python -m fvr_core", description="fvr: train and use detectors of GAN-generated faces.",
+        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, func, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help, epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.set_defaults(func=func)
+        return p
+
+    def runs_dir(p):
+        p.add_argument("--runs-dir", default=None, help=f"folder of runs (default: $FVR_RUNS_DIR or {runs_root()})")
+
+    p = command("train", cmd_train, "train a model; writes a run folder")
+    runs_dir(p)
+    p.add_argument("--config", help="a JSON file of settings (e.g. a run's config.json); options given here override it")
+    p.add_argument("--background", action="store_true", help="queue the run for a background worker and return at once")
+    p.add_argument("--max-concurrent", type=int, default=DEFAULT_MAX_CONCURRENT, help="runs trained at once by background workers")
+    _add_config_options(p)
+
+    p = command("resume", cmd_resume, "continue an interrupted or stopped run from its last checkpoint")
+    runs_dir(p)
+    p.add_argument("run", help="run id (or a unique prefix/suffix of it) or run folder")
+
+    p = command("stop", cmd_stop, "ask a queued or running run to stop")
+    runs_dir(p)
+    p.add_argument("run")
+
+    p = command("evaluate", cmd_evaluate, "metrics of a run's checkpoint on its test split or another labelled data set")
+    runs_dir(p)
+    p.add_argument("run")
+    p.add_argument("--data", help="where the run's data set lives now, or another labelled data set (with --split all)")
+    p.add_argument("--split", default="test", choices=("test", "val", "train", "all"), help="saved split to use, or all images of --data")
+    p.add_argument("--checkpoint", default="best", choices=("best", "last"))
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--per-image", action="store_true", help="with --json: include every image's probability")
+
+    p = command("predict", cmd_predict, "probability that each image is fake")
+    runs_dir(p)
+    p.add_argument("run")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--checkpoint", default="best", choices=("best", "last"))
+    p.add_argument("--json", action="store_true")
+
+    p = command("runs", cmd_runs, "list runs with their state and metrics")
+    runs_dir(p)
+    p.add_argument("--model", help="only runs of this model")
+    p.add_argument("--state", help="only runs in this state (queued, running, completed, ...)")
+    p.add_argument("--json", action="store_true")
+
+    p = command("delete", cmd_delete, "delete a finished run's folder")
+    runs_dir(p)
+    p.add_argument("run")
+
+    p = command("download", cmd_download, "download the Kaggle 'Fake-Vs-Real-Faces (Hard)' set; prints its folder")
+    p.add_argument("--handle", default="hamzaboulahia/hardfakevsrealfaces", help="Kaggle handle, optionally with /versions/N")
+    p.add_argument("--force", action="store_true", help="download again even if cached")
+
+    p = command("demo-data", cmd_demo_data, "write the small SYNTHETIC demo data set; prints its folder")
+    p.add_argument("--out", help="folder to write (default: $FVR_DATA_DIR/fvr-demo-synthetic)")
+    p.add_argument("--per-class", type=int, default=120)
+    p.add_argument("--size", type=int, default=128)
+
+    command("models", cmd_models, "list the registered models")
+
+    p = sub.add_parser("worker")  # internal: the background queue worker started by launch()
+    p.set_defaults(func=cmd_worker)
+    p.add_argument("--runs-dir", required=True)
+    p.add_argument("--max-concurrent", type=int, default=DEFAULT_MAX_CONCURRENT)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from .checkpoint import CheckpointError
+    from .config import ConfigError
+    from .dataset import DataError
+    from .download import DownloadError
+    from .models import ModelError
+    from .runs import RunError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        return _fail(EXIT_USAGE, str(exc))
+    except DataError as exc:
+        return _fail(EXIT_DATA, str(exc))
+    except DownloadError as exc:
+        return _fail(EXIT_DOWNLOAD, str(exc))
+    except (RunError, CheckpointError) as exc:
+        return _fail(EXIT_RUN, str(exc))
+    except ModelError as exc:
+        return _fail(EXIT_FAILED, str(exc))
+    except KeyboardInterrupt:
+        return _fail(EXIT_STOPPED, "interrupted")

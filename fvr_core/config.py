@@ -1,0 +1,130 @@
+"""TrainConfig: the one flat configuration the library, the CLI, the dashboard and a run's
+config.json share. Each field's metadata holds its help text and allowed values, so the CLI's
+options and the pages' widgets are generated from this one place."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from .augment import AUGMENTATIONS
+from .models import MODELS
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("none", "cosine", "onecycle")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "on", "off")
+
+
+class ConfigError(ValueError):
+    """A configuration value is out of range; the message names the field and the allowed values."""
+
+
+def _field(default: Any, help: str, choices: tuple | None = None, **kwargs) -> Any:
+    return field(default=default, metadata={"help": help, "choices": choices, **kwargs})
+
+
+@dataclass
+class TrainConfig:
+    data: str = _field("", "data set folder (class folders fake/ and real/, optionally data.csv)")
+    model: str = _field("cnn", "model name from the registry", tuple(MODELS))
+    pretrained: bool = _field(False, "start from ImageNet weights (downloads them once)")
+    epochs: int = _field(30, "passes over the training split")
+    lr: float = _field(1e-3, "peak learning rate")
+    batch_size: int = _field(32, "images per optimizer step")
+    optimizer: str = _field("adam", "optimizer", OPTIMIZERS)
+    weight_decay: float = _field(0.0, "weight decay (decoupled for adamw)")
+    momentum: float = _field(0.9, "momentum (sgd only)")
+    schedule: str = _field("none", "learning-rate schedule", SCHEDULES)
+    warmup_epochs: float = _field(0.0, "linear warm-up from lr/100, in epochs")
+    label_smoothing: float = _field(0.0, "label smoothing of the cross-entropy loss")
+    grad_clip: float = _field(0.0, "clip the gradient norm to this value (0 = off)")
+    augment: str = _field("light", "augmentation level", tuple(AUGMENTATIONS))
+    image_size: int = _field(300, "side of the square input in pixels")
+    seed: int = _field(42, "seed of the split, initial weights and batch order")
+    split: tuple[float, float, float] = _field((0.6, 0.2, 0.2), "train/val/test fractions")
+    device: str = _field("auto", "training device (auto: cuda, then mps, then cpu)", DEVICES)
+    mixed_precision: str = _field("auto", "bf16 autocast (auto: on for CUDA, off on CPU)", PRECISIONS)
+    patience: int = _field(0, "stop after this many epochs without a better validation loss (0 = off)")
+    threads: int = _field(0, "CPU threads for training (0 = all cores)")
+    max_steps: int = _field(0, "stop after this many optimizer steps in total (0 = no limit)")
+    log_every: int = _field(1, "write a step row to metrics.jsonl every N steps")
+    name: str = _field("", "a label for the run (shown in tables)")
+
+    def validate(self) -> "TrainConfig":
+        """Raise ConfigError on the first value that cannot work; returns self for chaining."""
+        problems = []
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                problems.append(f"{f.name}={getattr(self, f.name)!r}: choose one of {', '.join(choices)}")
+        positive = {"epochs": self.epochs, "lr": self.lr, "batch_size": self.batch_size, "log_every": self.log_every}
+        problems += [f"{k}={v!r}: must be greater than 0" for k, v in positive.items() if not v > 0]
+        non_negative = {
+            "weight_decay": self.weight_decay, "momentum": self.momentum, "warmup_epochs": self.warmup_epochs,
+            "grad_clip": self.grad_clip, "patience": self.patience, "threads": self.threads, "max_steps": self.max_steps,
+        }
+        problems += [f"{k}={v!r}: must be 0 or more" for k, v in non_negative.items() if not v >= 0]
+        if not 0 <= self.label_smoothing < 1:
+            problems.append(f"label_smoothing={self.label_smoothing!r}: must be in [0, 1)")
+        if len(self.split) != 3 or any(not x >= 0 for x in self.split) or not (self.split[0] > 0 and self.split[1] > 0 and self.split[2] > 0):
+            problems.append(f"split={self.split!r}: give three fractions greater than 0 (train, val, test)")
+        if self.model in MODELS and self.image_size < MODELS[self.model].min_image_size:
+            problems.append(f"image_size={self.image_size}: {self.model} needs at least {MODELS[self.model].min_image_size} px")
+        if self.model in MODELS and self.pretrained and not MODELS[self.model].pretrained_available:
+            problems.append(f"pretrained=True: {self.model} has no pretrained weights")
+        if problems:
+            raise ConfigError("invalid training settings: " + "; ".join(problems))
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["split"] = list(self.split)
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown setting(s) {', '.join(unknown)}: known ones are {', '.join(known)}")
+        values = {}
+        for name, value in data.items():
+            values[name] = coerce(known[name], value)
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return TrainConfig.from_dict({**self.to_dict(), **changes})
+
+
+def coerce(f: dataclasses.Field, value: Any) -> Any:
+    """Convert a JSON or command-line value to the field's type, or raise ConfigError."""
+    default = f.default
+    try:
+        if isinstance(default, bool):
+            if isinstance(value, str):
+                if value.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if value.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if isinstance(default, tuple):
+            parts = value.split(",") if isinstance(value, str) else value
+            return tuple(float(p) for p in parts)
+        if isinstance(default, int):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        return type(default)(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{f.name}={value!r}: expected {type(default).__name__}") from None
+
+
+def config_fields() -> list[dataclasses.Field]:
+    return list(dataclasses.fields(TrainConfig))

@@ -1,0 +1,361 @@
+"""Finding, validating, decoding-once and splitting a data set of fake and real faces.
+
+Two layouts are read:
+
+* the Kaggle "Fake-Vs-Real-Faces (Hard)" layout: ``data.csv`` (``images_id,label``; ids without
+  folder or extension) beside class folders ``fake/`` and ``real/``;
+* any plain class-folder layout: ``fake/`` and ``real/`` folders (any depth below them).
+
+Class indices are fixed: fake=0, real=1 (what the original's ImageFolder gave).
+Every image is decoded once into a uint8 array cache on disk keyed by the files' contents and the
+image size; every file that cannot be used is listed in the report with the reason.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from . import settings
+from .images import ImageError, prepare_image
+from .settings import CLASSES, IMAGE_EXTENSIONS
+
+CACHE_FORMAT = 1  # bump when decoding or resizing changes, so old caches are not reused
+MIN_IMAGES_PER_CLASS = 3  # one per split at least
+
+ProgressFn = Callable[[int, int], None]
+
+
+class DataError(ValueError):
+    """The data set cannot be used as it is; the message names the path and what to do."""
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    id: str  # path relative to the data root, with forward slashes
+    label: int
+
+
+@dataclass
+class SkippedFile:
+    id: str
+    reason: str
+
+
+@dataclass
+class DataReport:
+    root: str
+    layout: str
+    counts: dict[str, int] = field(default_factory=dict)
+    skipped: list[SkippedFile] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "DataReport":
+        skipped = [SkippedFile(**s) for s in data.get("skipped", [])]
+        return cls(root=data["root"], layout=data["layout"], counts=dict(data.get("counts", {})), skipped=skipped)
+
+    def summary(self) -> str:
+        counts = ", ".join(f"{n} {name}" for name, n in self.counts.items())
+        return f"{self.root} ({self.layout}): {counts}; {len(self.skipped)} skipped"
+
+
+# ---------------------------------------------------------------------------------------------
+# scanning
+
+
+def _class_dirs(root: Path) -> dict[int, Path]:
+    found: dict[int, Path] = {}
+    for child in sorted(root.iterdir()):
+        if child.is_dir() and child.name.lower() in CLASSES:
+            found.setdefault(CLASSES.index(child.name.lower()), child)
+    return found
+
+
+def find_dataset_root(path: str | Path) -> Path:
+    """The folder holding ``data.csv`` or the class folders: `path` itself or a folder a few levels
+    below it (a downloaded archive often wraps the data set in one or two extra folders)."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise DataError(f"data folder {path} does not exist: pass the folder that holds fake/ and real/")
+    if not path.is_dir():
+        raise DataError(f"{path} is a file, not a folder: pass the folder that holds fake/ and real/")
+    frontier = [path]
+    for _depth in range(3):
+        for folder in frontier:
+            if (folder / "data.csv").is_file() or len(_class_dirs(folder)) == 2:
+                return folder
+        frontier = [c for f in frontier for c in sorted(f.iterdir()) if c.is_dir() and not c.name.startswith(".")]
+    raise DataError(
+        f"no data set found in {path}: expected class folders fake/ and real/ "
+        "(optionally with a data.csv of images_id,label), as in the Kaggle 'Fake-Vs-Real-Faces (Hard)' set"
+    )
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def _walk_images(folder: Path, root: Path, skipped: list[SkippedFile]) -> Iterable[Path]:
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            path = Path(dirpath) / name
+            rel = path.relative_to(root).as_posix()
+            if path.is_symlink() and not _inside(path, root):
+                skipped.append(SkippedFile(rel, "symbolic link pointing outside the data folder"))
+            elif path.suffix.lower() not in IMAGE_EXTENSIONS:
+                skipped.append(SkippedFile(rel, f"not an image file extension ({path.suffix or 'none'})"))
+            else:
+                yield path
+
+
+def _label_index(label: str) -> int | None:
+    label = label.strip().lower()
+    return CLASSES.index(label) if label in CLASSES else None
+
+
+def _scan_csv(root: Path, csv_path: Path, skipped: list[SkippedFile]) -> list[ImageRecord]:
+    by_stem: dict[str, list[Path]] = {}
+    for folder in _class_dirs(root).values():
+        for path in _walk_images(folder, root, skipped):
+            by_stem.setdefault(path.stem, []).append(path)
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as fh:
+            rows = list(csv.DictReader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"cannot read {csv_path}: {exc}") from None
+    if rows and not {"images_id", "label"} <= set(rows[0]):
+        raise DataError(f"{csv_path} must have the columns images_id,label (it has {','.join(rows[0])})")
+    records: list[ImageRecord] = []
+    used: set[Path] = set()
+    for line, row in enumerate(rows, start=2):
+        image_id, label_text = (row.get("images_id") or "").strip(), (row.get("label") or "").strip()
+        label = _label_index(label_text)
+        where = f"data.csv line {line} ({image_id or 'no id'})"
+        if label is None:
+            skipped.append(SkippedFile(where, f"label {label_text!r} is neither fake nor real"))
+            continue
+        candidates = by_stem.get(Path(image_id).stem, [])
+        if "/" in image_id:  # an id that names its folder must match it
+            candidates = [p for p in candidates if p.relative_to(root).with_suffix("").as_posix() == image_id]
+        in_class = [p for p in candidates if p.relative_to(root).parts[0].lower() == CLASSES[label]]
+        if not candidates:
+            skipped.append(SkippedFile(where, f"csv row names no file (looked for {CLASSES[label]}/{image_id}.*)"))
+        elif not in_class:
+            other = candidates[0].relative_to(root).as_posix()
+            skipped.append(SkippedFile(where, f"csv says {CLASSES[label]} but the file is {other}"))
+        elif in_class[0] in used:
+            skipped.append(SkippedFile(where, "duplicate id in data.csv (first row kept)"))
+        else:
+            used.add(in_class[0])
+            records.append(ImageRecord(in_class[0].relative_to(root).as_posix(), label))
+    for paths in by_stem.values():
+        for path in paths:
+            if path not in used:
+                skipped.append(SkippedFile(path.relative_to(root).as_posix(), "file has no row in data.csv"))
+    return records
+
+
+def _scan_folders(root: Path, skipped: list[SkippedFile]) -> list[ImageRecord]:
+    records = []
+    for label, folder in sorted(_class_dirs(root).items()):
+        records += [ImageRecord(p.relative_to(root).as_posix(), label) for p in _walk_images(folder, root, skipped)]
+    return records
+
+
+def scan_dataset(path: str | Path) -> tuple[Path, list[ImageRecord], DataReport]:
+    """List the images of a data set and their labels, without decoding them."""
+    root = find_dataset_root(path)
+    skipped: list[SkippedFile] = []
+    csv_path = root / "data.csv"
+    if csv_path.is_file():
+        layout, records = "kaggle-csv", _scan_csv(root, csv_path, skipped)
+    else:
+        layout, records = "class-folders", _scan_folders(root, skipped)
+    records.sort(key=lambda r: r.id)
+    return root, records, DataReport(str(root), layout, skipped=skipped)
+
+
+# ---------------------------------------------------------------------------------------------
+# decode-once cache
+
+
+@dataclass
+class ImageSet:
+    """Decoded images of a data set: ``images`` is (N, 3, S, S) uint8 (memory-mapped from the cache)."""
+
+    root: Path
+    images: np.ndarray
+    labels: np.ndarray
+    ids: list[str]
+    report: DataReport
+    image_size: int
+    cache_key: str = ""
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def class_counts(self) -> dict[str, int]:
+        return {name: int((self.labels == i).sum()) for i, name in enumerate(CLASSES)}
+
+    def indices_of(self, ids: Sequence[str]) -> np.ndarray:
+        """Positions of the given ids; raises DataError naming the first id that is missing."""
+        position = {image_id: i for i, image_id in enumerate(self.ids)}
+        missing = [i for i in ids if i not in position]
+        if missing:
+            raise DataError(
+                f"{len(missing)} image(s) of the saved split are not in {self.root} (first: {missing[0]}); "
+                "point --data at the data set the run was trained on"
+            )
+        return np.array([position[i] for i in ids], dtype=np.int64)
+
+
+def _content_key(root: Path, records: list[ImageRecord], image_size: int) -> str:
+    digest = hashlib.blake2b(f"fvr-cache:{CACHE_FORMAT}:{image_size}".encode(), digest_size=16)
+    for record in records:
+        digest.update(f"\n{record.id}\t{record.label}\t".encode())
+        try:
+            digest.update(hashlib.blake2b((root / record.id).read_bytes(), digest_size=16).digest())
+        except OSError as exc:
+            digest.update(repr(exc).encode())
+    return digest.hexdigest()
+
+
+def _decode_into(root: Path, records: list[ImageRecord], out: np.ndarray, size: int, progress: ProgressFn | None):
+    """Decode every record into `out`; returns the reason per failed index."""
+    failures: dict[int, str] = {}
+
+    def work(i: int) -> None:
+        try:
+            out[i] = prepare_image(root / records[i].id, size)
+        except ImageError as exc:
+            failures[i] = str(exc)
+        except Exception as exc:  # a decoder bug on one file must not lose the whole data set
+            failures[i] = f"cannot decode image: {type(exc).__name__}: {exc}"
+
+    workers = max(1, min(4, os.cpu_count() or 1))
+    with ThreadPoolExecutor(workers) as pool:
+        for done, _ in enumerate(pool.map(work, range(len(records))), start=1):
+            if progress and (done % 32 == 0 or done == len(records)):
+                progress(done, len(records))
+    return failures
+
+
+def _write_cache(folder: Path, root: Path, records, size, progress) -> None:
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder.parent))
+    try:
+        scratch = np.lib.format.open_memmap(tmp / "all.npy", mode="w+", dtype=np.uint8, shape=(len(records), 3, size, size))
+        failures = _decode_into(root, records, scratch, size, progress)
+        keep = [i for i in range(len(records)) if i not in failures]
+        if failures:  # compact the good images; chunked so memory stays bounded
+            images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(len(keep), 3, size, size))
+            for start in range(0, len(keep), 256):
+                images[start : start + 256] = scratch[keep[start : start + 256]]
+            images.flush()
+            del images
+        scratch.flush()
+        del scratch
+        if failures:
+            (tmp / "all.npy").unlink()
+        else:
+            os.replace(tmp / "all.npy", tmp / "images.npy")
+        index = {
+            "ids": [records[i].id for i in keep],
+            "labels": [records[i].label for i in keep],
+            "failed": [{"id": records[i].id, "reason": failures[i]} for i in sorted(failures)],
+            "image_size": size,
+        }
+        (tmp / "index.json").write_text(json.dumps(index))
+        try:
+            os.replace(tmp, folder)
+        except OSError:  # another process finished the same cache first: theirs is identical
+            pass
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_dataset(
+    path: str | Path,
+    image_size: int,
+    cache_dir: str | Path | None = None,
+    progress: ProgressFn | None = None,
+) -> ImageSet:
+    """Scan, validate and decode a data set once; later calls with the same files and size load
+    the cache in about a second. Unusable files are skipped and listed in ``report.skipped``."""
+    if image_size < 8:
+        raise DataError(f"image size {image_size} is too small: use at least 8 pixels")
+    root, records, report = scan_dataset(path)
+    key = _content_key(root, records, image_size)
+    folder = Path(cache_dir or settings.cache_root()) / "images" / key
+    if not (folder / "index.json").is_file():
+        _write_cache(folder, root, records, image_size, progress)
+    index = json.loads((folder / "index.json").read_text())
+    images = np.load(folder / "images.npy", mmap_mode="r")
+    report.skipped += [SkippedFile(f["id"], f["reason"]) for f in index["failed"]]
+    labels = np.asarray(index["labels"], dtype=np.int64)
+    report.counts = {name: int((labels == i).sum()) for i, name in enumerate(CLASSES)}
+    return ImageSet(root, images, labels, list(index["ids"]), report, image_size, key)
+
+
+def require_trainable(data: ImageSet) -> None:
+    """Raise DataError unless every class has enough usable images for a train/val/test split."""
+    short = [f"{name} has {n}" for name, n in data.class_counts().items() if n < MIN_IMAGES_PER_CLASS]
+    if short:
+        raise DataError(
+            f"{data.root}: not enough usable images to train ({'; '.join(short)}; "
+            f"need at least {MIN_IMAGES_PER_CLASS} per class). {len(data.report.skipped)} file(s) were skipped: "
+            "see the data report"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# split
+
+SPLIT_NAMES = ("train", "val", "test")
+
+
+def stratified_split(labels: Sequence[int], fractions: Sequence[float] = (0.6, 0.2, 0.2), seed: int = 42) -> dict[str, np.ndarray]:
+    """Deterministic stratified split into train/val/test positions; every split gets at least one
+    image of each class that has three or more."""
+    labels = np.asarray(labels)
+    total = float(sum(fractions))
+    rng = np.random.default_rng(seed)
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in SPLIT_NAMES}
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        n = len(members)
+        n_val = int(round(n * fractions[1] / total))
+        n_test = int(round(n * fractions[2] / total))
+        if n >= 3:
+            n_val, n_test = max(1, n_val), max(1, n_test)
+            n_val = min(n_val, n - n_test - 1)
+        n_train = n - n_val - n_test
+        parts["train"].append(members[:n_train])
+        parts["val"].append(members[n_train : n_train + n_val])
+        parts["test"].append(members[n_train + n_val :])
+    return {name: np.sort(np.concatenate(chunks)) if chunks else np.zeros(0, np.int64) for name, chunks in parts.items()}
+
+
+def split_ids(data: ImageSet, fractions: Sequence[float], seed: int) -> dict[str, list[str]]:
+    positions = stratified_split(data.labels, fractions, seed)
+    return {name: [data.ids[i] for i in idx] for name, idx in positions.items()}

@@ -1,0 +1,132 @@
+"""Background training with a queue: runs outlive the page or terminal that started them.
+
+``launch`` writes a queued run and starts a detached worker process (its own session, so closing
+a browser tab, reloading a page or ending a Streamlit script never stops it). A worker holds one
+of ``max_concurrent`` slot locks of the runs root and trains queued runs, oldest first, until none
+is left. Each run is claimed atomically before it starts, so no run ever trains twice and no two
+processes write one run folder.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from .config import TrainConfig
+from .runs import QUEUED, STOPPED, Run, RunError, RunStore, now_iso
+from .settings import PROJECT_ROOT
+
+DEFAULT_MAX_CONCURRENT = 1
+
+
+def launch(config: TrainConfig, runs_dir: str | Path | None = None, max_concurrent: int = DEFAULT_MAX_CONCURRENT) -> Run:
+    """Queue a training run and make sure a background worker will train it. Returns at once."""
+    if config.data:
+        config = config.replace(data=str(Path(config.data).expanduser().resolve()))
+    store = RunStore(runs_dir)
+    run = store.create(config)
+    start_worker(store.root, max_concurrent)
+    return run
+
+
+def start_worker(runs_root: Path, max_concurrent: int = DEFAULT_MAX_CONCURRENT) -> subprocess.Popen:
+    """Start a detached worker process for `runs_root` (it exits at once if all slots are busy)."""
+    runs_root = Path(runs_root)
+    runs_root.mkdir(parents=True, exist_ok=True)
+    log = open(runs_root / "worker.log", "ab")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", "fvr_core", "worker", "--runs-dir", str(runs_root), "--max-concurrent", str(max_concurrent)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(PROJECT_ROOT),
+            start_new_session=True,  # not in the launcher's process group: its Ctrl-C or exit does not reach us
+        )
+    finally:
+        log.close()
+
+
+@contextmanager
+def _slot(runs_root: Path, max_concurrent: int) -> Iterator[bool]:
+    """Hold one of the root's slot locks, or yield False if all are taken. The OS frees a lock
+    when its process dies, so a killed worker never blocks the queue."""
+    handles = []
+    try:
+        for i in range(max_concurrent):
+            fh = open(runs_root / f".worker-slot-{i}.lock", "w")
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                handles.append(fh)
+                break
+            except BlockingIOError:
+                fh.close()
+        yield bool(handles)
+    finally:
+        for fh in handles:
+            fh.close()
+
+
+def next_queued(store: RunStore) -> Run | None:
+    """Claim the oldest queued run, or None if there is none."""
+    for run in sorted(store.list(state=QUEUED), key=lambda r: r.id):
+        if run.claim():
+            return run
+    return None
+
+
+def work(runs_root: str | Path, max_concurrent: int = DEFAULT_MAX_CONCURRENT) -> int:
+    """The worker loop: train queued runs until the queue is empty. Returns how many it trained."""
+    from .training import Trainer, stop_on_sigterm
+
+    stop_on_sigterm()
+    store = RunStore(runs_root)
+    trained = 0
+    while True:
+        with _slot(store.root, max_concurrent) as got_slot:
+            if not got_slot:
+                return trained  # the worker holding the slot will take our run
+            while (run := next_queued(store)) is not None:
+                if run.stop_requested():
+                    run.write_status(STOPPED, message="stopped before it started", ended=now_iso())
+                    continue
+                try:
+                    Trainer(run).fit()
+                except KeyboardInterrupt:
+                    return trained
+                except Exception as exc:  # recorded in the run's status; the queue goes on
+                    print(f"{now_iso()} run {run.id} failed: {exc}", flush=True)
+                trained += 1
+        # a run queued after our last look but before we let go of the slot found the slot
+        # taken and its worker left: look once more now that the slot is free
+        if not store.list(state=QUEUED):
+            return trained
+        time.sleep(0.05)
+
+
+def stop(run: Run) -> None:
+    """Stop a run: a queued one never starts, a running one stops after its current step."""
+    run.request_stop()
+    if run.state == QUEUED and run.claim():
+        run.write_status(STOPPED, message="stopped before it started", ended=now_iso())
+
+
+def queue_position(run: Run, store: RunStore) -> int | None:
+    """1 for the next queued run, 2 for the one after, ...; None if `run` is not queued."""
+    queued = sorted((r.id for r in store.list(state=QUEUED)), reverse=False)
+    return queued.index(run.id) + 1 if run.id in queued else None
+
+
+def wait(run: Run, timeout: float = 3600.0, poll: float = 0.2) -> str:
+    """Block until `run` leaves the queued/running states; returns its final state."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        state = run.state
+        if state not in (QUEUED, "running"):
+            return state
+        time.sleep(poll)
+    raise RunError(f"run {run.id} still {run.state} after {timeout:.0f} s")

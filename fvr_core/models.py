@@ -1,0 +1,129 @@
+"""The model registry: one place names every model with its builder, input size, saliency layer
+and parameter count. Every model returns raw 2-class logits (fake=0, real=1): no softmax inside,
+because CrossEntropyLoss applies its own (the original applied softmax twice)."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+
+class ModelError(ValueError):
+    """A model cannot be built as asked; the message says what to do."""
+
+
+class OriginalCNN(nn.Module):
+    """The write-up's small CNN, fixed: three conv blocks and two linear layers, returning logits.
+
+    The original flattened a 300x300 input's 64x35x35 feature map straight into its first linear
+    layer, so it only ran at 300x300. The adaptive pool below is the identity at 300x300 (same
+    weights, same output as the original) and makes any input size of 32 px or more work.
+    """
+
+    FEATURE_GRID = 35  # the spatial size 300x300 inputs reach after the three blocks
+
+    def __init__(self, num_classes: int = 2):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 16, 3), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+        )
+        self.pool = nn.AdaptiveAvgPool2d(self.FEATURE_GRID)
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(64 * self.FEATURE_GRID**2, 128), nn.ReLU(inplace=True),
+            nn.Linear(128, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.pool(self.features(x)))
+
+
+def _torchvision(name: str, head: str, pretrained: bool) -> nn.Module:
+    """A torchvision model with its 1000-class head replaced by a 2-class one."""
+    import torchvision
+
+    weights = None
+    if pretrained:
+        weights = torchvision.models.get_model_weights(name).DEFAULT
+    try:
+        model = torchvision.models.get_model(name, weights=weights)
+    except (OSError, RuntimeError) as exc:  # URLError is an OSError; a truncated download is a RuntimeError
+        cache = torch.hub.get_dir() + "/checkpoints"
+        url = weights.url if weights is not None else "?"
+        raise ModelError(
+            f"cannot load ImageNet weights for {name} ({type(exc).__name__}: {exc}). They download from {url} "
+            f"on first use; without internet, place that file in {cache} by hand, or train with pretrained off."
+        ) from None
+    parent_name, _, attr = head.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    old: nn.Linear = getattr(parent, attr)
+    setattr(parent, attr, nn.Linear(old.in_features, 2))
+    return model
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    builder: Callable[[bool], nn.Module]  # builder(pretrained) -> model with a 2-class head
+    default_image_size: int
+    min_image_size: int
+    saliency_layer: str  # module name for Grad-CAM: the last layer with a spatial feature map
+    pretrained_available: bool
+    description: str
+
+    @property
+    def parameter_count(self) -> int:
+        return _parameter_count(self.name)
+
+    def build(self, pretrained: bool = False) -> nn.Module:
+        if pretrained and not self.pretrained_available:
+            raise ModelError(f"{self.name} has no pretrained weights: train it from scratch (pretrained off)")
+        return self.builder(pretrained)
+
+
+def _tv(name: str, head: str) -> Callable[[bool], nn.Module]:
+    return functools.partial(_torchvision, name, head)
+
+
+MODELS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in [
+        ModelSpec("cnn", lambda pretrained: OriginalCNN(), 300, 32, "features.7", False,
+                  "the original write-up's small CNN (3 conv blocks), fixed to return logits at any size"),
+        ModelSpec("resnet18", _tv("resnet18", "fc"), 300, 32, "layer4", True,
+                  "ResNet-18 (11M parameters), the write-up's best model"),
+        ModelSpec("vgg19", _tv("vgg19", "classifier.6"), 300, 32, "features.35", True,
+                  "VGG-19 without batch norm (139M parameters): the original failed to train it"),
+        ModelSpec("vgg19_bn", _tv("vgg19_bn", "classifier.6"), 300, 32, "features.51", True,
+                  "VGG-19 with batch norm (139M parameters)"),
+        ModelSpec("mobilenet_v3_small", _tv("mobilenet_v3_small", "classifier.3"), 224, 32, "features.12", True,
+                  "MobileNetV3-Small (1.5M parameters): fast on a CPU"),
+        ModelSpec("efficientnet_b0", _tv("efficientnet_b0", "classifier.1"), 224, 32, "features.8", True,
+                  "EfficientNet-B0 (4M parameters): accurate for its size"),
+    ]
+}
+
+
+def get_spec(name: str) -> ModelSpec:
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise ModelError(f"unknown model {name!r}: choose one of {', '.join(MODELS)}") from None
+
+
+def build_model(name: str, pretrained: bool = False) -> nn.Module:
+    """Build a registered model with a 2-class head (random weights unless pretrained)."""
+    return get_spec(name).build(pretrained)
+
+
+@functools.cache
+def _parameter_count(name: str) -> int:
+    with torch.device("meta"):  # no memory, no weights: counting needs only shapes
+        model = MODELS[name].build(False)
+    return sum(p.numel() for p in model.parameters())

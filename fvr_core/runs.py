@@ -1,0 +1,331 @@
+"""The run store: a run is a folder, readable while its training process writes it.
+
+    <runs root>/<run id>/
+        config.json         the TrainConfig
+        status.json         state, pid, heartbeat, message (rewritten atomically)
+        metrics.jsonl       one JSON object per line, append-only: step rows, epoch rows, events
+        data_report.json    what the data set held and which files were skipped, and why
+        split.json          train/val/test ids relative to the data root
+        best.safetensors, best.json    weights + metadata of the best epoch (by validation loss)
+        last.safetensors, last.json    weights + metadata of the last epoch
+        last_state.pt       optimizer, schedule and RNG state, to resume
+        test_metrics.json   metrics of the best checkpoint on the test split
+        test_predictions.csv  every test image's probability of being fake
+        stop                present when a stop was asked for
+
+Every file except metrics.jsonl is written to a temporary file and renamed, so a reader never sees
+half of one; metrics.jsonl lines are single appends and a reader skips a partial last line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import socket
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+from . import settings
+from .config import TrainConfig
+
+QUEUED, RUNNING, COMPLETED, STOPPED, DIVERGED, FAILED, INTERRUPTED = (
+    "queued", "running", "completed", "stopped", "diverged", "failed", "interrupted",
+)
+STATES = (QUEUED, RUNNING, COMPLETED, STOPPED, DIVERGED, FAILED, INTERRUPTED)
+ACTIVE_STATES = (QUEUED, RUNNING)
+HEARTBEAT_SECONDS = 5.0
+STALE_AFTER_SECONDS = 60.0  # a heartbeat this old means the process is gone (e.g. on another host)
+
+
+class RunError(ValueError):
+    """A run cannot be found or used as asked."""
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write to a temporary file beside `path`, flush to disk, then rename over it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, default=str))
+
+
+def read_json(path: Path, default: Any = None) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return default
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Every complete line of a JSON-lines file; a partial last line (being written) is skipped."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    rows = []
+    for line in text.split("\n")[:-1]:  # the piece after the last newline is incomplete
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+def _process_start_time(pid: int) -> str | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    if fields[0] in ("Z", "X"):  # a zombie has finished
+        return None
+    return fields[19]
+
+
+def process_alive(pid: int | None, start_time: str | None = None) -> bool:
+    """True when `pid` runs on this host and, if known, is the same process (not a reused pid)."""
+    if not pid:
+        return False
+    if Path("/proc").is_dir():
+        started = _process_start_time(pid)
+        return started is not None and (start_time is None or started == start_time)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def own_process_identity() -> dict[str, Any]:
+    pid = os.getpid()
+    return {"pid": pid, "pid_start": _process_start_time(pid), "host": socket.gethostname()}
+
+
+@dataclass
+class Run:
+    path: Path
+
+    @property
+    def id(self) -> str:
+        return self.path.name
+
+    # ---- reading
+
+    @property
+    def config(self) -> TrainConfig:
+        data = read_json(self.path / "config.json")
+        if data is None:
+            raise RunError(f"{self.path} has no readable config.json: it is not a run folder")
+        return TrainConfig.from_dict(data)
+
+    def raw_status(self) -> dict[str, Any]:
+        return read_json(self.path / "status.json", {}) or {}
+
+    def status(self) -> dict[str, Any]:
+        """status.json, with a run whose process has died reported as interrupted."""
+        status = self.raw_status()
+        status.setdefault("state", FAILED if not (self.path / "config.json").exists() else QUEUED)
+        if status["state"] == RUNNING and not self._owner_alive(status):
+            status["state"] = INTERRUPTED
+            status["message"] = "the training process ended without finishing (killed or crashed); resume it to go on"
+        return status
+
+    @property
+    def state(self) -> str:
+        return self.status()["state"]
+
+    def _owner_alive(self, status: dict) -> bool:
+        if status.get("host") == socket.gethostname():
+            return process_alive(status.get("pid"), status.get("pid_start"))
+        return time.time() - self.last_heartbeat() < STALE_AFTER_SECONDS
+
+    def last_heartbeat(self) -> float:
+        """Unix time of the training process's last sign of life."""
+        try:
+            return (self.path / "heartbeat").stat().st_mtime
+        except OSError:
+            return self.raw_status().get("heartbeat_unix", 0.0)
+
+    def metrics(self) -> list[dict]:
+        """All metric rows; rows logged after the checkpoint a resume started from are dropped."""
+        rows = read_jsonl(self.path / "metrics.jsonl")
+        kept: list[dict] = []
+        for row in rows:
+            if row.get("kind") == "resume":
+                step = row.get("step", 0)
+                kept = [r for r in kept if r.get("step", 0) <= step or r.get("kind") == "event"]
+            kept.append(row)
+        return kept
+
+    def step_rows(self) -> list[dict]:
+        return [r for r in self.metrics() if r.get("kind") == "step"]
+
+    def epoch_rows(self) -> list[dict]:
+        return [r for r in self.metrics() if r.get("kind") == "epoch"]
+
+    def split(self) -> dict[str, list[str]]:
+        split = read_json(self.path / "split.json")
+        if split is None:
+            raise RunError(f"run {self.id} has no split.json yet (it has not started)")
+        return split
+
+    def test_metrics(self) -> dict[str, Any] | None:
+        return read_json(self.path / "test_metrics.json")
+
+    def data_report(self) -> dict[str, Any] | None:
+        return read_json(self.path / "data_report.json")
+
+    def checkpoint(self, which: str = "best") -> Path:
+        path = self.path / f"{which}.safetensors"
+        if not path.is_file():
+            raise RunError(f"run {self.id} has no {which} checkpoint yet ({path} is missing)")
+        return path
+
+    def summary(self) -> dict[str, Any]:
+        """One flat row for tables: model, key settings, status and headline metrics."""
+        status = self.status()
+        try:
+            config = self.config.to_dict()
+        except Exception:  # a damaged config must not hide the other runs
+            config = {}
+        epochs = self.epoch_rows()
+        test = self.test_metrics() or {}
+        best_val = max((e.get("val_acc", 0) for e in epochs), default=None)
+        return {
+            "run": self.id,
+            "name": config.get("name", ""),
+            "model": config.get("model"),
+            "state": status["state"],
+            "epochs": f"{len(epochs)}/{config.get('epochs', '?')}",
+            "lr": config.get("lr"),
+            "batch_size": config.get("batch_size"),
+            "image_size": config.get("image_size"),
+            "augment": config.get("augment"),
+            "best_val_acc": best_val,
+            "test_acc": test.get("accuracy"),
+            "test_balanced_acc": test.get("balanced_accuracy"),
+            "test_roc_auc": test.get("roc_auc"),
+            "parameters": status.get("parameters"),
+            "train_seconds": status.get("train_seconds"),
+            "images_per_s": epochs[-1].get("images_per_s") if epochs else None,
+            "created": status.get("created"),
+            "message": status.get("message", ""),
+        }
+
+    # ---- writing (by the training process)
+
+    def write_status(self, state: str, **fields: Any) -> dict[str, Any]:
+        status = {**self.raw_status(), **fields, "state": state, "updated": now_iso(), "heartbeat_unix": time.time()}
+        atomic_write_json(self.path / "status.json", status)
+        return status
+
+    def heartbeat(self) -> None:
+        # a file of its own, touched: rewriting status.json here could undo a state change
+        (self.path / "heartbeat").touch()
+
+    def append_metrics(self, row: dict[str, Any]) -> None:
+        line = json.dumps(row, default=float) + "\n"
+        # one write() of a whole line in append mode: concurrent readers see whole lines or none
+        with open(self.path / "metrics.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(line)
+
+    def request_stop(self) -> None:
+        """Ask the training process to stop after its current step (it keeps what it has)."""
+        (self.path / "stop").touch()
+
+    def stop_requested(self) -> bool:
+        return (self.path / "stop").exists()
+
+    def claim(self) -> bool:
+        """Atomically take a queued run for one worker; False if another process already has it."""
+        try:
+            os.mkdir(self.path / "claimed")
+            return True
+        except FileExistsError:
+            return False
+
+
+class RunStore:
+    """The runs under one root folder."""
+
+    def __init__(self, root: str | Path | None = None):
+        self.root = Path(root or settings.runs_root()).expanduser()
+
+    def create(self, config: TrainConfig) -> Run:
+        """A new run folder holding the config, in state queued."""
+        config.validate()
+        self.root.mkdir(parents=True, exist_ok=True)
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        while True:
+            path = self.root / f"{stamp}-{config.model}-{secrets.token_hex(3)}"
+            try:
+                path.mkdir()  # atomic: two processes never get the same folder
+                break
+            except FileExistsError:
+                continue
+        run = Run(path)
+        atomic_write_text(path / "config.json", config.to_json())
+        run.write_status(QUEUED, created=now_iso())
+        return run
+
+    def get(self, run_id: str | Path) -> Run:
+        """A run by id (folder name) or by path; raises RunError naming what is missing."""
+        candidate = Path(run_id).expanduser()
+        for path in (candidate, self.root / str(run_id)):
+            if (path / "config.json").is_file():
+                return Run(path)
+        matches = [r for r in self.list() if r.id.startswith(str(run_id)) or r.id.endswith(str(run_id))]
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise RunError(f"{run_id!r} matches {len(matches)} runs: give more of the id")
+        raise RunError(f"no run {run_id!r} in {self.root} (list them with: python -m fvr_core runs)")
+
+    def __iter__(self) -> Iterator[Run]:
+        return iter(self.list())
+
+    def list(self, model: str | None = None, state: str | None = None) -> list[Run]:
+        """Runs, newest first, optionally only those of one model or one state."""
+        if not self.root.is_dir():
+            return []
+        runs = [Run(p) for p in self.root.iterdir() if (p / "config.json").is_file()]
+        runs.sort(key=lambda r: r.id, reverse=True)
+        if model:
+            runs = [r for r in runs if read_json(r.path / "config.json", {}).get("model") == model]
+        if state:
+            runs = [r for r in runs if r.state == state]
+        return runs
+
+    def delete(self, run: Run | str) -> None:
+        run = run if isinstance(run, Run) else self.get(run)
+        if run.state in ACTIVE_STATES:
+            raise RunError(f"run {run.id} is {run.state}: stop it before deleting it")
+        shutil.rmtree(run.path)
+
+    def summaries(self, **filters: Any) -> list[dict[str, Any]]:
+        return [r.summary() for r in self.list(**filters)]

@@ -1,0 +1,155 @@
+"""python -m fvr_core end to end on the shared real faces: train a few steps, list, evaluate,
+predict (a broken file gets a message), plus help, bad settings and offline download."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, write_image
+from fvr_core import cli
+
+
+def fvr(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "fvr_core", *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from conftest import SHARED_FACES
+
+    if not (SHARED_FACES / "data.csv").is_file():
+        pytest.skip(f"the shared data set is absent ({SHARED_FACES}); CI has it beside the checkout")
+    runs = tmp_path_factory.mktemp("cli-runs")
+    result = fvr("train", "--data", str(SHARED_FACES), "--model", "cnn", "--epochs", "1", "--image-size", "32",
+                 "--batch-size", "32", "--threads", "1", "--runs-dir", str(runs), "--name", "cli-test")
+    assert result.returncode == 0, result.stderr + result.stdout
+    (run_dir,) = [p for p in runs.iterdir() if p.is_dir()]
+    return runs, run_dir, result
+
+
+def test_train_writes_a_completed_run(trained):
+    runs, run_dir, result = trained
+    assert "completed" in result.stdout
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["state"] == "completed"
+    split = json.loads((run_dir / "split.json").read_text())
+    assert (len(split["train"]), len(split["val"]), len(split["test"])) == (480, 160, 160)
+    assert sum(i.startswith("fake/") for i in split["test"]) == 40
+
+
+def test_runs_lists_the_run(trained):
+    runs, run_dir, _ = trained
+    result = fvr("runs", "--runs-dir", str(runs), "--json")
+    rows = json.loads(result.stdout)
+    assert [r["run"] for r in rows] == [run_dir.name]
+    assert rows[0]["state"] == "completed" and rows[0]["name"] == "cli-test" and rows[0]["test_acc"] is not None
+    table = fvr("runs", "--runs-dir", str(runs)).stdout
+    assert run_dir.name in table and "completed" in table
+
+
+def test_evaluate_on_the_saved_test_split_matches_training(trained):
+    runs, run_dir, _ = trained
+    result = fvr("evaluate", run_dir.name, "--runs-dir", str(runs), "--json")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads(result.stdout)
+    saved = json.loads((run_dir / "test_metrics.json").read_text())
+    assert metrics["n"] == 160 and metrics["split"] == "test"
+    assert metrics["accuracy"] == pytest.approx(saved["accuracy"])
+    assert metrics["confusion_matrix"] == saved["confusion_matrix"]
+    text = fvr("evaluate", run_dir.name, "--runs-dir", str(runs)).stdout
+    assert "balanced accuracy" in text and "confusion matrix" in text
+
+
+def test_evaluate_with_moved_data(trained, tmp_path):
+    from conftest import SHARED_FACES
+
+    runs, run_dir, _ = trained
+    moved = tmp_path / "moved"
+    moved.symlink_to(SHARED_FACES, target_is_directory=True)
+    result = fvr("evaluate", run_dir.name, "--runs-dir", str(runs), "--data", str(moved), "--split", "all", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["n"] == 800
+
+
+def test_predict_prints_probabilities_and_survives_a_broken_file(trained, tmp_path):
+    from conftest import SHARED_FACES
+
+    runs, run_dir, _ = trained
+    good = SHARED_FACES / "fake" / "fake_0.jpg"
+    wide = write_image(tmp_path / "wide photo.png", size=(640, 360))
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a jpeg at all")
+    result = fvr("predict", run_dir.name, str(good), str(wide), str(broken), "--runs-dir", str(runs), "--json")
+    assert result.returncode == cli.EXIT_DATA
+    rows = json.loads(result.stdout)
+    assert [r["error"] is None for r in rows] == [True, True, False]
+    assert all(0 <= r["prob_fake"] <= 1 for r in rows[:2])
+    assert "not an image" in rows[2]["error"]
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "predict", "runs", "download", "resume", "stop", "delete", "demo-data", "models"])
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage:" in capsys.readouterr().out
+
+
+def test_bad_settings_exit_2_and_name_the_field(tmp_path, capsys):
+    assert cli.main(["train", "--data", str(tmp_path), "--epochs", "0", "--runs-dir", str(tmp_path / "r")]) == cli.EXIT_USAGE
+    assert "epochs" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "--data", str(tmp_path), "--model", "alexnet"])
+    assert exit_info.value.code == 2
+
+
+def test_missing_data_folder_exits_3(tmp_path, capsys):
+    code = cli.main(["train", "--data", str(tmp_path / "nope"), "--epochs", "1", "--runs-dir", str(tmp_path / "r")])
+    assert code == cli.EXIT_DATA
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_unknown_run_exits_6(tmp_path, capsys):
+    assert cli.main(["evaluate", "no-such-run", "--runs-dir", str(tmp_path)]) == cli.EXIT_RUN
+    assert "no run" in capsys.readouterr().err
+
+
+def test_download_offline_fails_fast_with_instructions(monkeypatch, capsys):
+    import kagglehub
+    import requests
+
+    def offline(*args, **kwargs):
+        raise requests.exceptions.ConnectionError("Failed to resolve 'api.kaggle.com'")
+
+    monkeypatch.setattr(kagglehub, "dataset_download", offline)
+    start = time.time()
+    assert cli.main(["download"]) == cli.EXIT_DOWNLOAD
+    err = capsys.readouterr().err
+    assert time.time() - start < 5
+    assert "by hand" in err and "fake/" in err and "kaggle.com/datasets/hamzaboulahia/hardfakevsrealfaces" in err
+
+
+def test_download_returns_the_folder_with_the_data(monkeypatch, tmp_path, capsys):
+    import kagglehub
+
+    (tmp_path / "archive" / "fake").mkdir(parents=True)
+    (tmp_path / "archive" / "real").mkdir()
+    monkeypatch.setattr(kagglehub, "dataset_download", lambda handle, force_download=False: str(tmp_path))
+    assert cli.main(["download"]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "archive")
+
+
+def test_demo_data_trains_from_the_cli(tmp_path):
+    out = tmp_path / "demo"
+    assert fvr("demo-data", "--out", str(out), "--per-class", "12", "--size", "48").returncode == 0
+    assert "SYNTHETIC" in (out / "README.txt").read_text()
+    result = fvr("train", "--data", str(out), "--epochs", "1", "--image-size", "32", "--runs-dir", str(tmp_path / "runs"), "--threads", "1")
+    assert result.returncode == 0, result.stderr
