@@ -133,11 +133,21 @@ def _label_index(label: str) -> int | None:
     return CLASSES.index(label) if label in CLASSES else None
 
 
+def _id_keys(path: Path, root: Path) -> set[str]:
+    """Every form a csv id may take for this file: with or without its class folder and extension."""
+    rel = path.relative_to(root)
+    in_class = Path(*rel.parts[1:])
+    return {p.as_posix() for p in (rel, rel.with_suffix(""), in_class, in_class.with_suffix(""))}
+
+
 def _scan_csv(root: Path, csv_path: Path, skipped: list[SkippedFile]) -> list[ImageRecord]:
-    by_stem: dict[str, list[Path]] = {}
+    by_key: dict[str, list[Path]] = {}
+    files: list[Path] = []
     for folder in _class_dirs(root).values():
         for path in _walk_images(folder, root, skipped):
-            by_stem.setdefault(path.stem, []).append(path)
+            files.append(path)
+            for key in _id_keys(path, root):
+                by_key.setdefault(key, []).append(path)
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as fh:
             rows = list(csv.DictReader(fh))
@@ -154,9 +164,7 @@ def _scan_csv(root: Path, csv_path: Path, skipped: list[SkippedFile]) -> list[Im
         if label is None:
             skipped.append(SkippedFile(where, f"label {label_text!r} is neither fake nor real"))
             continue
-        candidates = by_stem.get(Path(image_id).stem, [])
-        if "/" in image_id:  # an id that names its folder must match it
-            candidates = [p for p in candidates if p.relative_to(root).with_suffix("").as_posix() == image_id]
+        candidates = by_key.get(image_id, [])
         in_class = [p for p in candidates if p.relative_to(root).parts[0].lower() == CLASSES[label]]
         if not candidates:
             skipped.append(SkippedFile(where, f"csv row names no file (looked for {CLASSES[label]}/{image_id}.*)"))
@@ -168,10 +176,9 @@ def _scan_csv(root: Path, csv_path: Path, skipped: list[SkippedFile]) -> list[Im
         else:
             used.add(in_class[0])
             records.append(ImageRecord(in_class[0].relative_to(root).as_posix(), label))
-    for paths in by_stem.values():
-        for path in paths:
-            if path not in used:
-                skipped.append(SkippedFile(path.relative_to(root).as_posix(), "file has no row in data.csv"))
+    for path in files:
+        if path not in used:
+            skipped.append(SkippedFile(path.relative_to(root).as_posix(), "file has no row in data.csv"))
     return records
 
 

@@ -16,7 +16,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 # A 30000x30000 image is 2.7 GB decoded; refuse anything over this many pixels before decoding.
 MAX_IMAGE_PIXELS = 60_000_000
-Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+# Pillow's own guard stays as a backstop far above ours; its warning is replaced by our check in _open
+Image.MAX_IMAGE_PIXELS = 4 * MAX_IMAGE_PIXELS
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 ImageSource = Union[str, Path, bytes, BinaryIO]
 
@@ -38,15 +40,18 @@ def _open(source: ImageSource) -> Image.Image:
             raise ImageError("empty file (0 bytes)")
         source = io.BytesIO(source)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            return Image.open(source)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        img = Image.open(source)  # reads the header only: nothing is decoded yet
+    except Image.DecompressionBombError:
         raise ImageError(f"image too large (over {MAX_IMAGE_PIXELS:,} pixels); refused before decoding") from None
     except UnidentifiedImageError:
         raise ImageError("not an image (the file's contents are no format Pillow can read)") from None
     except OSError as exc:
         raise ImageError(f"unreadable file ({exc})") from None
+    # our own check (not Pillow's warning, whose filters are process-wide and unsafe across threads)
+    if img.width * img.height > MAX_IMAGE_PIXELS:
+        img.close()
+        raise ImageError(f"image too large ({img.width}x{img.height}, over {MAX_IMAGE_PIXELS:,} pixels); refused before decoding")
+    return img
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

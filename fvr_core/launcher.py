@@ -73,7 +73,7 @@ def _slot(runs_root: Path, max_concurrent: int) -> Iterator[bool]:
 
 def next_queued(store: RunStore) -> Run | None:
     """Claim the oldest queued run, or None if there is none."""
-    for run in sorted(store.list(state=QUEUED), key=lambda r: r.id):
+    for run in sorted(store.list(state=QUEUED), key=lambda r: (r.raw_status().get("created_unix", 0.0), r.id)):
         if run.claim():
             return run
     return None

@@ -280,7 +280,7 @@ class RunStore:
         """A new run folder holding the config, in state queued."""
         config.validate()
         self.root.mkdir(parents=True, exist_ok=True)
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")[:-3]  # ms: ids sort in creation order
         while True:
             path = self.root / f"{stamp}-{config.model}-{secrets.token_hex(3)}"
             try:
@@ -290,7 +290,7 @@ class RunStore:
                 continue
         run = Run(path)
         atomic_write_text(path / "config.json", config.to_json())
-        run.write_status(QUEUED, created=now_iso())
+        run.write_status(QUEUED, created=now_iso(), created_unix=time.time())
         return run
 
     def get(self, run_id: str | Path) -> Run:

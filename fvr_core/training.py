@@ -115,12 +115,14 @@ class Trainer:
         self.resume = resume
         self._heartbeat_stop = threading.Event()
         self.step = 0
+        self.fit_started = time.time()
+        self.elapsed_before = 0.0  # training seconds of earlier processes, when resumed
 
     # ---- the whole run
 
     def fit(self) -> Run:
         run, config = self.run, self.config
-        started = time.time()
+        started = self.fit_started = time.time()
         run.write_status(RUNNING, started=now_iso(), message="", hint="", **own_process_identity())
         heartbeat = threading.Thread(target=self._beat, daemon=True)
         heartbeat.start()
@@ -206,6 +208,7 @@ class Trainer:
         self.step, self.start_epoch = int(state["step"]), int(state["epoch"])
         self.best_val_loss = float(state["best_val_loss"])
         self.epochs_without_better = int(state["epochs_without_better"])
+        self.elapsed_before = float(state.get("elapsed", 0.0))
         self.run.append_metrics({"kind": "resume", "step": self.step, "epoch": self.start_epoch, "time": time.time()})
 
     # ---- the loop
@@ -283,7 +286,7 @@ class Trainer:
             "val_loss": val_loss, "val_acc": val["accuracy"], "val_balanced_acc": val["balanced_accuracy"],
             "val_roc_auc": val["roc_auc"], "lr": self.optimizer.param_groups[0]["lr"],
             "images_per_s": seen / max(train_seconds, 1e-9), "epoch_seconds": train_seconds,
-            "time": time.time(),
+            "elapsed": self.elapsed_before + time.time() - self.fit_started, "time": time.time(),
         }
         improved = val_loss < self.best_val_loss
         if improved:
@@ -298,7 +301,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "augment_rng": self.augmenter.state_dict()["generator"], "torch_rng": torch.get_rng_state(),
             "step": self.step, "epoch": epoch + 1, "best_val_loss": self.best_val_loss,
-            "epochs_without_better": self.epochs_without_better,
+            "epochs_without_better": self.epochs_without_better, "elapsed": row["elapsed"],
         }, self.run.path / ".last_state.pt.tmp")
         os.replace(self.run.path / ".last_state.pt.tmp", self.run.path / "last_state.pt")
         # the epoch row goes last: a reader that sees it can rely on its checkpoint being on disk

@@ -40,7 +40,7 @@ def test_completed_run_folder_has_everything_a_reader_needs(colour_data, tmp_pat
     assert (len(split["train"]), len(split["val"]), len(split["test"])) == (24, 8, 8)
     epochs = run.epoch_rows()
     assert [e["epoch"] for e in epochs] == [1, 2, 3]
-    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "val_balanced_acc", "val_roc_auc", "images_per_s", "epoch_seconds"):
+    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "val_balanced_acc", "val_roc_auc", "images_per_s", "epoch_seconds", "elapsed"):
         assert all(key in e for e in epochs), key
     steps = run.step_rows()
     assert [s["step"] for s in steps] == list(range(1, 3 * 3 + 1))  # 24 images / batch 8 = 3 steps per epoch
