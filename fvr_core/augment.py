@@ -36,11 +36,16 @@ AUGMENTATIONS: dict[str, AugmentSpec] = {
 }
 
 
+def _standardize(x: torch.Tensor) -> torch.Tensor:
+    """float (B,3,H,W) in [0, 1] -> normalised with ImageNet statistics."""
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
 def normalize(batch_uint8: torch.Tensor) -> torch.Tensor:
     """uint8 (B,3,H,W) -> float32 normalised with ImageNet statistics."""
-    mean = torch.tensor(IMAGENET_MEAN, device=batch_uint8.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=batch_uint8.device).view(1, 3, 1, 1)
-    return (batch_uint8.float().div_(255.0) - mean) / std
+    return _standardize(batch_uint8.float().div_(255.0))
 
 
 def _per_image(mask_shape: int, probability: float, generator: torch.Generator, device) -> torch.Tensor:
@@ -131,9 +136,7 @@ class BatchAugmenter:
             x = _colour(x, spec.colour, gen)
         if spec.blur:
             x = _blur(x, spec.blur, gen)
-        mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-        return (x - mean) / std
+        return _standardize(x)
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state()}

@@ -22,10 +22,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .augment import BatchAugmenter, normalize
+from .augment import BatchAugmenter
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .dataset import DataError, ImageSet, load_dataset, require_trainable, split_ids
+from .dataset import load_dataset, require_trainable, split_ids
 from .evaluation import classification_metrics, predict_logits, prob_fake_from_logits
 from .models import build_model, get_spec
 from .runs import (
@@ -121,7 +121,7 @@ class Trainer:
     # ---- the whole run
 
     def fit(self) -> Run:
-        run, config = self.run, self.config
+        run = self.run
         started = self.fit_started = time.time()
         run.write_status(RUNNING, started=now_iso(), message="", hint="", **own_process_identity())
         heartbeat = threading.Thread(target=self._beat, daemon=True)
