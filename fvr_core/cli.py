@@ -40,16 +40,28 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _config_from_args(args: argparse.Namespace):
-    from .config import TrainConfig, config_fields
+    from .config import PRESETS, TrainConfig, config_fields
 
     base = {}
+    if args.preset:
+        base = dict(PRESETS[_preset_name(args.preset)])
     if args.config:
         try:
-            base = json.loads(Path(args.config).read_text())
+            base = {**base, **json.loads(Path(args.config).read_text())}
         except (OSError, ValueError) as exc:
             raise SystemExit(_fail(EXIT_USAGE, f"cannot read config file {args.config}: {exc}"))
     overrides = {f.name: getattr(args, f.name) for f in config_fields() if getattr(args, f.name) is not None}
     return TrainConfig.from_dict({**base, **overrides}).validate()
+
+
+def _preset_slug(name: str) -> str:
+    return name.lower().replace(" ", "-")
+
+
+def _preset_name(slug: str) -> str:
+    from .config import PRESETS
+
+    return next(name for name in PRESETS if _preset_slug(name) == slug)
 
 
 def _fail(code: int, message: str) -> int:
@@ -280,6 +292,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("train", cmd_train, "train a model; writes a run folder")
     runs_dir(p)
+    from .config import PRESET_NOTES, PRESETS
+
+    p.add_argument("--preset", choices=[_preset_slug(n) for n in PRESETS],
+                   help="start from the dashboard's preset: " + "; ".join(f"{_preset_slug(n)}: {PRESET_NOTES[n]}" for n in PRESETS))
     p.add_argument("--config", help="a JSON file of settings (e.g. a run's config.json); options given here override it")
     p.add_argument("--background", action="store_true", help="queue the run for a background worker and return at once")
     p.add_argument("--max-concurrent", type=int, default=DEFAULT_MAX_CONCURRENT, help="runs trained at once by background workers")

@@ -128,3 +128,42 @@ def coerce(f: dataclasses.Field, value: Any) -> Any:
 
 def config_fields() -> list[dataclasses.Field]:
     return list(dataclasses.fields(TrainConfig))
+
+
+# Starting points for the Train page and `train --preset`: each maps to TrainConfig changes.
+PRESETS: dict[str, dict[str, Any]] = {
+    "Quick look": {
+        # a curve within seconds and a finished run in about a minute on a laptop CPU
+        "model": "cnn", "image_size": 64, "epochs": 5, "batch_size": 32, "lr": 1e-3, "optimizer": "adam",
+        "schedule": "none", "augment": "light", "weight_decay": 0.0, "grad_clip": 0.0, "patience": 0,
+    },
+    "Original recipe": {
+        # the write-up's settings: 300x300, Adam 1e-3, 30 epochs, no augmentation (GPU recommended)
+        "image_size": 300, "epochs": 30, "lr": 1e-3, "optimizer": "adam", "schedule": "none",
+        "augment": "none", "weight_decay": 0.0, "grad_clip": 0.0, "patience": 0, "seed": 42,
+        "split": (0.6, 0.2, 0.2),
+    },
+}
+PRESET_NOTES = {
+    "Quick look": "the small CNN at 64x64 for 5 epochs: about a minute on a laptop CPU",
+    "Original recipe": "300x300, Adam lr 1e-3, 30 epochs, as in the original write-up: GPU recommended "
+    "(vgg19 on a 2-core CPU takes days)",
+}
+
+# the four models of the original write-up, in its order ("Train all four")
+ORIGINAL_MODELS = ("cnn", "resnet18", "vgg19", "vgg19_bn")
+
+
+def check_limits(config: TrainConfig, limits: Any) -> None:
+    """Raise ConfigError if `config` asks for more than an `fvr_core.settings.AppLimits` allows."""
+    problems = []
+    if config.epochs > limits.max_epochs:
+        problems.append(f"epochs={config.epochs}: this app allows at most {limits.max_epochs}")
+    if config.image_size > limits.max_image_size:
+        problems.append(f"image_size={config.image_size}: this app allows at most {limits.max_image_size} px")
+    if not limits.allows_model(config.model):
+        problems.append(f"model={config.model!r}: this app offers {', '.join(limits.models)}")
+    if limits.demo and config.pretrained:
+        problems.append("pretrained=True: downloads are turned off in this app")
+    if problems:
+        raise ConfigError("not allowed here: " + "; ".join(problems))

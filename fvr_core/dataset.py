@@ -324,6 +324,16 @@ def load_dataset(
     return ImageSet(root, images, labels, list(index["ids"]), report, image_size, key)
 
 
+def is_cached(path: str | Path, image_size: int, cache_dir: str | Path | None = None) -> bool:
+    """Whether `load_dataset(path, image_size)` would find its decoded images in the cache."""
+    try:
+        root, records, _ = scan_dataset(path)
+    except DataError:
+        return False
+    key = _content_key(root, records, image_size)
+    return (Path(cache_dir or settings.cache_root()) / "images" / key / "index.json").is_file()
+
+
 def require_trainable(data: ImageSet) -> None:
     """Raise DataError unless every class has enough usable images for a train/val/test split."""
     short = [f"{name} has {n}" for name, n in data.class_counts().items() if n < MIN_IMAGES_PER_CLASS]

@@ -18,18 +18,34 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from .config import TrainConfig
-from .runs import QUEUED, STOPPED, Run, RunError, RunStore, now_iso
-from .settings import PROJECT_ROOT
+from .config import TrainConfig, check_limits
+from .runs import QUEUED, RUNNING, STOPPED, Run, RunError, RunStore, now_iso
+from .settings import PROJECT_ROOT, AppLimits
 
 DEFAULT_MAX_CONCURRENT = 1
 
 
-def launch(config: TrainConfig, runs_dir: str | Path | None = None, max_concurrent: int = DEFAULT_MAX_CONCURRENT) -> Run:
-    """Queue a training run and make sure a background worker will train it. Returns at once."""
+def launch(
+    config: TrainConfig,
+    runs_dir: str | Path | None = None,
+    max_concurrent: int = DEFAULT_MAX_CONCURRENT,
+    limits: AppLimits | None = None,
+) -> Run:
+    """Queue a training run and make sure a background worker will train it. Returns at once.
+    With `limits` (the dashboard passes `settings.app_limits()`), a config or a queue longer than
+    they allow raises ConfigError or RunError instead."""
     if config.data:
         config = config.replace(data=str(Path(config.data).expanduser().resolve()))
     store = RunStore(runs_dir)
+    if limits is not None:
+        check_limits(config.validate(), limits)
+        active = len(store.list(state=QUEUED)) + len(store.list(state=RUNNING))
+        if active >= limits.max_queued_runs:
+            raise RunError(
+                f"{active} runs are already queued or running, the most this app allows: "
+                "wait for one to finish or stop one"
+            )
+        max_concurrent = limits.max_concurrent_runs
     run = store.create(config)
     start_worker(store.root, max_concurrent)
     return run
@@ -95,7 +111,8 @@ def work(runs_root: str | Path, max_concurrent: int = DEFAULT_MAX_CONCURRENT) ->
                     run.write_status(STOPPED, message="stopped before it started", ended=now_iso())
                     continue
                 try:
-                    Trainer(run).fit()
+                    resume = bool(run.raw_status().get("resume"))
+                    Trainer(run, cpu_share=max_concurrent, resume=resume).fit()
                 except KeyboardInterrupt:
                     return trained
                 except Exception as exc:  # recorded in the run's status; the queue goes on
@@ -106,6 +123,24 @@ def work(runs_root: str | Path, max_concurrent: int = DEFAULT_MAX_CONCURRENT) ->
         if not store.list(state=QUEUED):
             return trained
         time.sleep(0.05)
+
+
+def resume_in_background(run: Run, max_concurrent: int = DEFAULT_MAX_CONCURRENT) -> Run:
+    """Queue an interrupted, stopped or failed run to continue from its last checkpoint in a
+    background worker (as `resume` does in this process)."""
+    from .training import RESUMABLE
+
+    state = run.state
+    if state not in RESUMABLE:
+        raise RunError(f"run {run.id} is {state}; only {', '.join(RESUMABLE)} runs can be resumed")
+    (run.path / "stop").unlink(missing_ok=True)
+    run.write_status(QUEUED, resume=True, message="queued to resume", created_unix=run.raw_status().get("created_unix", 0.0))
+    try:
+        (run.path / "claimed").rmdir()  # the claim of its first worker; a worker now claims it anew
+    except FileNotFoundError:
+        pass  # trained in a terminal, never claimed
+    start_worker(run.path.parent, max_concurrent)
+    return run
 
 
 def stop(run: Run) -> None:
@@ -126,7 +161,7 @@ def wait(run: Run, timeout: float = 3600.0, poll: float = 0.2) -> str:
     deadline = time.time() + timeout
     while time.time() < deadline:
         state = run.state
-        if state not in (QUEUED, "running"):
+        if state not in (QUEUED, RUNNING):
             return state
         time.sleep(poll)
     raise RunError(f"run {run.id} still {run.state} after {timeout:.0f} s")

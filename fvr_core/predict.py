@@ -71,3 +71,15 @@ class Predictor:
 
     def predict_one(self, source: ImageSource) -> Prediction:
         return self.predict([source])[0]
+
+
+def predict_with_each(predictors: dict[str, Predictor], sources: Sequence[ImageSource], names: Sequence[str]) -> list[dict]:
+    """Every image through every predictor: one row per (image, model) with the probability of
+    fake, the verdict and any error, in image order (what the Predict page shows and exports)."""
+    rows = []
+    results = {label: p.predict(sources, names) for label, p in predictors.items()}
+    for i, name in enumerate(names):
+        for label, preds in results.items():
+            pred = preds[i]
+            rows.append({"image": name, "model": label, "prob_fake": pred.prob_fake, "label": pred.label, "error": pred.error})
+    return rows

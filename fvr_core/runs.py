@@ -206,6 +206,30 @@ class Run:
             raise RunError(f"run {self.id} has no {which} checkpoint yet ({path} is missing)")
         return path
 
+    @property
+    def is_reference(self) -> bool:
+        """A run shipped with the repository (checkpoints/reference): shown everywhere, never changed."""
+        return self.path.resolve().parent == settings.reference_root().resolve()
+
+    def progress(self) -> dict[str, Any]:
+        """Where the run is: phase, steps done of total, fraction, steps/s and seconds left (ETA),
+        from status.json and the step rows of the current process (a resume restarts the clock)."""
+        status = self.status()
+        rows = self.metrics()
+        since = max((i for i, r in enumerate(rows) if r.get("kind") == "resume"), default=-1)
+        steps = [r for r in rows[since + 1 :] if r.get("kind") == "step"]
+        total = int(status.get("total_steps") or 0)
+        done = int(steps[-1]["step"]) if steps else int(status.get("step") or 0)
+        rate = None
+        if len(steps) >= 2 and steps[-1]["time"] > steps[0]["time"]:
+            rate = (steps[-1]["step"] - steps[0]["step"]) / (steps[-1]["time"] - steps[0]["time"])
+        eta = (total - done) / rate if rate and total and status["state"] == RUNNING else None
+        return {
+            "state": status["state"], "phase": status.get("phase", ""), "step": done, "total_steps": total,
+            "fraction": min(1.0, done / total) if total else 0.0, "steps_per_s": rate, "eta_seconds": eta,
+            "epoch": status.get("epoch", 0), "epochs": self.config.epochs,
+        }
+
     def summary(self) -> dict[str, Any]:
         """One flat row for tables: model, key settings, status and headline metrics."""
         status = self.status()
@@ -219,6 +243,7 @@ class Run:
         return {
             "run": self.id,
             "name": config.get("name", ""),
+            "reference": self.is_reference,
             "model": config.get("model"),
             "state": status["state"],
             "epochs": f"{len(epochs)}/{config.get('epochs', '?')}",

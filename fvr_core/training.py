@@ -68,9 +68,10 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def configure_threads(threads: int) -> int:
-    """Use `threads` CPU threads for torch (0 = every core); returns the number set."""
-    n = threads or os.cpu_count() or 1
+def configure_threads(threads: int, share: int = 1) -> int:
+    """Use `threads` CPU threads for torch (0 = this process's share of the cores, when `share`
+    trainers run side by side); returns the number set."""
+    n = threads or max(1, (os.cpu_count() or 1) // max(1, share))
     torch.set_num_threads(n)
     return n
 
@@ -108,8 +109,9 @@ def _make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimi
 class Trainer:
     """Trains `run` (whose folder holds the config) in this process."""
 
-    def __init__(self, run: Run, progress: ProgressFn | None = None, resume: bool = False):
+    def __init__(self, run: Run, progress: ProgressFn | None = None, resume: bool = False, cpu_share: int = 1):
         self.run = run
+        self.cpu_share = cpu_share  # trainers running side by side: threads=0 takes 1/cpu_share of the cores
         self.config = run.config.validate()
         self.progress = progress or (lambda event, info: None)
         self.resume = resume
@@ -123,7 +125,7 @@ class Trainer:
     def fit(self) -> Run:
         run = self.run
         started = self.fit_started = time.time()
-        run.write_status(RUNNING, started=now_iso(), message="", hint="", **own_process_identity())
+        run.write_status(RUNNING, started=now_iso(), phase="loading data", message="", hint="", **own_process_identity())
         heartbeat = threading.Thread(target=self._beat, daemon=True)
         heartbeat.start()
         try:
@@ -153,7 +155,7 @@ class Trainer:
     def _setup(self) -> None:
         run, config = self.run, self.config
         self.device = resolve_device(config.device)
-        self.threads = configure_threads(config.threads) if self.device.type == "cpu" else torch.get_num_threads()
+        self.threads = configure_threads(config.threads, self.cpu_share) if self.device.type == "cpu" else torch.get_num_threads()
         self.autocast_dtype = _autocast_dtype(config, self.device)
         torch.manual_seed(config.seed)
         self.progress("phase", {"phase": "loading data"})
@@ -187,7 +189,7 @@ class Trainer:
         if self.resume:
             self._load_last()
         run.write_status(
-            RUNNING, device=str(self.device), threads=self.threads, parameters=spec.parameter_count,
+            RUNNING, phase="training", device=str(self.device), threads=self.threads, parameters=spec.parameter_count,
             steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps,
             train_images=len(train_idx), epoch=self.start_epoch, step=self.step,
         )
@@ -323,8 +325,9 @@ class Trainer:
         test = None
         if (run.path / "best.safetensors").is_file() and hasattr(self, "split_idx"):
             self.progress("phase", {"phase": "testing best checkpoint"})
+            run.write_status(RUNNING, phase="testing best checkpoint")
             test = self._test_best()
-        fields = {"message": message, "hint": hint, "ended": now_iso(), "train_seconds": round(time.time() - started, 2)}
+        fields = {"phase": "", "message": message, "hint": hint, "ended": now_iso(), "train_seconds": round(time.time() - started, 2)}
         if test:
             fields["test_accuracy"] = test["accuracy"]
         run.write_status(state, **fields)

@@ -18,10 +18,15 @@ KAGGLE_CSV = SHARED_DATASETS / "hardfakevsrealfaces-data.csv"
 
 @pytest.fixture(autouse=True)
 def isolated_folders(tmp_path_factory, monkeypatch):
-    """Every test gets its own runs folder; the decoded-image cache is shared by the session."""
+    """Every test gets its own runs and data folders; the decoded-image cache is shared by the session."""
     monkeypatch.setenv("FVR_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "fvr-cache"))
     monkeypatch.setenv("FVR_RUNS_DIR", str(tmp_path_factory.mktemp("runs")))
-    monkeypatch.setenv("FVR_DATA_DIR", str(tmp_path_factory.getbasetemp() / "fvr-data"))
+    monkeypatch.setenv("FVR_DATA_DIR", str(tmp_path_factory.mktemp("data")))
+    # no shipped reference runs, no demo mode and no default data set unless a test asks for them
+    monkeypatch.setenv("FVR_REFERENCE_DIR", str(tmp_path_factory.getbasetemp() / "no-reference-runs"))
+    monkeypatch.setenv("FVR_SHARED_DATASETS", str(tmp_path_factory.getbasetemp() / "no-shared-datasets"))  # the app's list
+    for name in ("FVR_DEMO_MODE", "FVR_DATA", "FVR_PAGE_THREADS"):
+        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture

@@ -111,6 +111,17 @@ def test_bad_settings_exit_2_and_name_the_field(tmp_path, capsys):
     assert exit_info.value.code == 2
 
 
+def test_presets_match_the_dashboard_and_options_override_them(tmp_path):
+    from fvr_core.config import PRESETS
+
+    parser = cli.build_parser()
+    quick = cli._config_from_args(parser.parse_args(["train", "--data", str(tmp_path), "--preset", "quick-look"]))
+    assert {k: getattr(quick, k) for k in PRESETS["Quick look"]} == PRESETS["Quick look"]
+    original = cli._config_from_args(parser.parse_args(
+        ["train", "--data", str(tmp_path), "--preset", "original-recipe", "--model", "vgg19_bn", "--epochs", "3"]))
+    assert (original.model, original.image_size, original.epochs, original.augment) == ("vgg19_bn", 300, 3, "none")
+
+
 def test_missing_data_folder_exits_3(tmp_path, capsys):
     code = cli.main(["train", "--data", str(tmp_path / "nope"), "--epochs", "1", "--runs-dir", str(tmp_path / "r")])
     assert code == cli.EXIT_DATA

@@ -1,0 +1,139 @@
+"""Comparing runs: the table of all runs, the best run of each model, test curves, the original
+write-up's reported figures, and a run's checkpoint as one download. Used by the Compare and
+Predict pages and usable from a notebook."""
+
+from __future__ import annotations
+
+import csv
+import io
+import zipfile
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .evaluation import classification_metrics, roc_curve
+from .runs import COMPLETED, STOPPED, Run, RunError, RunStore
+from .settings import CLASSES, FAKE, reference_root
+
+# Validation accuracy the original write-up reported on the Kaggle set (700 StyleGAN2 fakes vs 589
+# real faces, 300x300, 30 epochs, Adam 1e-3). Not the same data as the shared set: a reference only.
+ORIGINAL_WRITEUP_VAL_ACC: dict[str, float] = {"cnn": 0.986, "resnet18": 0.994, "vgg19": 0.521, "vgg19_bn": 0.965}
+
+TABLE_COLUMNS = [
+    "run", "name", "model", "state", "reference", "epochs", "lr", "batch_size", "optimizer", "schedule",
+    "augment", "image_size", "best_val_acc", "test_acc", "test_balanced_acc", "test_roc_auc",
+    "parameters", "train_seconds", "images_per_s", "created", "message",
+]
+
+
+def all_runs(runs_dir: str | Path | None = None, include_reference: bool = True) -> list[Run]:
+    """The user's runs (newest first), then the reference runs shipped in checkpoints/reference."""
+    runs = RunStore(runs_dir).list()
+    if include_reference:
+        runs += RunStore(reference_root()).list()
+    return runs
+
+
+def comparison_table(runs: Iterable[Run]) -> pd.DataFrame:
+    """One row per run with its key settings, state and headline metrics."""
+    rows = []
+    for run in runs:
+        row = run.summary()
+        try:
+            config = run.config
+            row.update(optimizer=config.optimizer, schedule=config.schedule)
+        except Exception:  # a damaged run still gets its row, with what could be read
+            pass
+        rows.append(row)
+    table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
+    return table
+
+
+def table_csv(table: pd.DataFrame) -> bytes:
+    return table.to_csv(index=False).encode("utf-8")
+
+
+def _rank_key(run: Run) -> tuple:
+    test = run.test_metrics() or {}
+    summary = run.summary()
+
+    def num(x: Any) -> float:
+        return float(x) if isinstance(x, (int, float)) and x == x else -1.0
+
+    return (num(test.get("balanced_accuracy")), num(test.get("roc_auc")), num(summary.get("best_val_acc")))
+
+
+def best_run_per_model(runs: Iterable[Run]) -> dict[str, Run]:
+    """For each model, the finished run with a best checkpoint that scored highest on its test
+    split (balanced accuracy, then ROC AUC, then validation accuracy)."""
+    best: dict[str, Run] = {}
+    for run in runs:
+        if run.state not in (COMPLETED, STOPPED) or not (run.path / "best.safetensors").is_file():
+            continue
+        try:
+            model = run.config.model
+        except Exception:
+            continue
+        if model not in best or _rank_key(run) > _rank_key(best[model]):
+            best[model] = run
+    return dict(sorted(best.items()))
+
+
+def predictable_runs(runs: Iterable[Run]) -> list[Run]:
+    """Runs with a best checkpoint on disk (finished ones, or running ones after their first epoch)."""
+    return [r for r in runs if (r.path / "best.safetensors").is_file()]
+
+
+def test_predictions(run: Run) -> pd.DataFrame:
+    """The run's per-image test predictions (id, label, prob_fake, predicted); RunError if none."""
+    path = run.path / "test_predictions.csv"
+    if not path.is_file():
+        raise RunError(f"run {run.id} has no test predictions yet ({path.name} is written when training ends)")
+    return pd.read_csv(path)
+
+
+def test_curves(run: Run) -> dict[str, Any]:
+    """Confusion matrix and ROC curve of the run's best checkpoint on its test split."""
+    table = test_predictions(run)
+    labels = np.array([CLASSES.index(x) for x in table["label"]])
+    probs = table["prob_fake"].to_numpy(dtype=np.float64)
+    metrics = classification_metrics(labels, probs)
+    return {"metrics": metrics, "roc": roc_curve(labels == FAKE, probs)}
+
+
+def smooth(values: Sequence[float], weight: float) -> list[float]:
+    """Exponential moving average as TensorBoard draws it (debiased, so the first points are not
+    pulled towards zero); weight 0 returns the values unchanged."""
+    if not 0 <= weight < 1:
+        raise ValueError(f"smoothing weight {weight!r} must be in [0, 1)")
+    out, last, norm = [], 0.0, 0.0
+    for v in values:
+        last = weight * last + (1 - weight) * float(v)
+        norm = weight * norm + (1 - weight)
+        out.append(last / norm)
+    return out
+
+
+def checkpoint_archive(run: Run, which: str = "best") -> bytes:
+    """A zip of the run's checkpoint (weights + metadata) with its config and test metrics, loadable
+    with `fvr_core.checkpoint.load_checkpoint` after unzipping."""
+    weights = run.checkpoint(which)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as zf:
+        for path in (weights, weights.with_suffix(".json"), run.path / "config.json", run.path / "test_metrics.json"):
+            if path.is_file():
+                zf.write(path, f"{run.id}/{path.name}")
+    return buffer.getvalue()
+
+
+def predictions_csv(rows: Iterable[dict[str, Any]]) -> bytes:
+    """CSV bytes of prediction rows (dicts with the same keys)."""
+    rows = list(rows)
+    buffer = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return buffer.getvalue().encode("utf-8")

@@ -1,0 +1,74 @@
+"""What every page shares: cached loads from fvr_core and the current data set. Streamlit only:
+no training, metric or image logic here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from fvr_core.compare import all_runs
+from fvr_core.datasources import default_dataset, overview
+from fvr_core.predict import Predictor
+from fvr_core.runs import Run
+from fvr_core.settings import AppLimits, app_limits
+
+DATA_KEY = "data_path"
+WATCH_KEY = "watch_run"
+
+
+def limits() -> AppLimits:
+    return app_limits()
+
+
+def runs() -> list[Run]:
+    return all_runs()
+
+
+def current_dataset() -> Path | None:
+    """The data set chosen on the Data page in this session, else a sensible default."""
+    chosen = st.session_state.get(DATA_KEY)
+    if chosen:
+        return Path(chosen)
+    found = default_dataset(all_runs(include_reference=False), limits())
+    if found is not None:
+        st.session_state[DATA_KEY] = str(found)
+    return found
+
+
+@st.cache_resource(ttl=120, max_entries=8, show_spinner="Reading the data set (each image is decoded once, then cached)...")
+def data_overview(path: str, fractions: tuple[float, float, float], seed: int):
+    return overview(path, fractions, seed)
+
+
+@st.cache_resource(max_entries=12, show_spinner="Loading the model...")
+def _predictor(checkpoint: str, modified: float) -> Predictor:
+    return Predictor.from_checkpoint(checkpoint)
+
+
+def predictor(run: Run) -> Predictor:
+    """One Predictor per checkpoint file and version, shared by every session of this server."""
+    path = run.checkpoint("best")
+    return _predictor(str(path), path.stat().st_mtime)
+
+
+def run_label(run: Run) -> str:
+    """How a run is named in lists: model, name or id tail, and its headline test figure."""
+    try:
+        config = run.config
+        model, name = config.model, config.name
+    except Exception:
+        model, name = "?", ""
+    test = run.test_metrics() or {}
+    score = f" · test bal. acc {test['balanced_accuracy']:.1%}" if test.get("balanced_accuracy") is not None else ""
+    prefix = "reference · " if run.is_reference else ""
+    return f"{prefix}{model} · {name or run.id[-6:]} ({run.id[:15]}){score}"
+
+
+def demo_banner() -> None:
+    if limits().demo:
+        lim = limits()
+        st.caption(
+            f":material/public: Public demo: at most {lim.max_epochs} epochs at {lim.max_image_size} px, "
+            f"models {', '.join(lim.models)}, {lim.max_queued_runs} runs queued at once."
+        )

@@ -1,0 +1,113 @@
+"""Compare: every run in one sortable, filterable table; overlay the curves of chosen runs, their
+test confusion matrices and ROC curves, test metrics against the original write-up's figures,
+and downloads of the table and of a run's checkpoint."""
+
+import streamlit as st
+
+from fvr_core.charts import METRIC_LABELS, confusion_figure, overlay_figure, roc_figure, test_metrics_figure
+from fvr_core.compare import ORIGINAL_WRITEUP_VAL_ACC, checkpoint_archive, comparison_table, table_csv, test_curves
+from fvr_core.runs import ACTIVE_STATES, RunError, RunStore
+from pages._common import demo_banner, limits, run_label, runs
+
+st.title("Compare")
+demo_banner()
+lim = limits()
+
+all_runs = runs()
+if not all_runs:
+    st.info("No runs yet: train some on the Train page, then compare them here.")
+    st.page_link("pages/train.py", label="Go to Train", icon=":material/model_training:")
+    st.stop()
+
+table = comparison_table(all_runs)
+f1, f2, f3 = st.columns([2, 2, 1])
+models = f1.multiselect("Models", sorted(table["model"].dropna().unique()), placeholder="all models")
+states = f2.multiselect("States", sorted(table["state"].unique()), placeholder="all states")
+show_reference = f3.toggle("Reference runs", value=True, help="runs shipped with fvr in checkpoints/reference")
+shown = table
+if models:
+    shown = shown[shown["model"].isin(models)]
+if states:
+    shown = shown[shown["state"].isin(states)]
+if not show_reference:
+    shown = shown[~shown["reference"]]
+
+percent = st.column_config.NumberColumn(format="percent")
+st.dataframe(
+    shown, hide_index=True, width="stretch",
+    column_config={
+        "best_val_acc": percent, "test_acc": percent, "test_balanced_acc": percent,
+        "test_roc_auc": st.column_config.NumberColumn(format="%.3f"),
+        "lr": st.column_config.NumberColumn(format="%g"),
+        "parameters": st.column_config.NumberColumn(format="compact"),
+        "train_seconds": st.column_config.NumberColumn("train time (s)", format="%.0f"),
+        "images_per_s": st.column_config.NumberColumn(format="%.1f"),
+    },
+)
+st.download_button("Download the table (CSV)", table_csv(shown), file_name="fvr-runs.csv", mime="text/csv",
+                   icon=":material/download:")
+
+by_id = {r.id: r for r in all_runs}
+finished = [i for i in shown["run"] if by_id[i].test_metrics()]
+chosen_ids = st.multiselect("Runs to compare", list(shown["run"]), default=finished[:4],
+                            format_func=lambda i: run_label(by_id[i]))
+chosen = [by_id[i] for i in chosen_ids]
+if not chosen:
+    st.info("Choose runs above to overlay their curves and test results.")
+    st.stop()
+
+st.subheader("Curves")
+m1, m2 = st.columns([2, 1])
+metric = m1.selectbox("Metric", list(METRIC_LABELS), index=list(METRIC_LABELS).index("val_acc"), format_func=METRIC_LABELS.get)
+smoothing = m2.slider("Smoothing", 0.0, 0.99, 0.6 if metric in ("loss", "grad_norm") else 0.0, step=0.01,
+                      help="exponential moving average, as TensorBoard draws it")
+labels = {r.id: run_label(r).split(" (")[0] for r in chosen}
+st.plotly_chart(overlay_figure(chosen, metric, smoothing, labels), width="stretch")
+
+st.subheader("Test split")
+tested = [r for r in chosen if r.test_metrics()]
+if not tested:
+    st.info("None of the chosen runs has finished training yet: test results appear when a run ends.")
+else:
+    rows = [r.summary() for r in tested]
+    st.plotly_chart(test_metrics_figure(rows), width="stretch")
+    st.caption("Bars: test metrics on this data set's held-out split. Marks: the validation accuracy the original "
+               "write-up reported on the Kaggle set (" + ", ".join(f"{m} {v:.1%}" for m, v in ORIGINAL_WRITEUP_VAL_ACC.items())
+               + "): a different, easier data set, shown for reference only.")
+    curves, aucs = {}, {}
+    cols = st.columns(min(4, len(tested)))
+    for i, run in enumerate(tested):
+        try:
+            result = test_curves(run)
+        except RunError as exc:
+            cols[i % len(cols)].warning(str(exc))
+            continue
+        name = labels[run.id]
+        curves[name], aucs[name] = result["roc"], result["metrics"]["roc_auc"]
+        cols[i % len(cols)].plotly_chart(confusion_figure(result["metrics"]["confusion_matrix"], name), width="stretch",
+                                         key=f"cm_{run.id}")
+    if curves:
+        st.plotly_chart(roc_figure(curves, aucs), width="stretch")
+
+st.subheader("Checkpoint")
+with_weights = [r for r in chosen if (r.path / "best.safetensors").is_file()]
+if with_weights:
+    pick = st.selectbox("Run", [r.id for r in with_weights], format_func=lambda i: run_label(by_id[i]))
+    st.download_button("Download its best checkpoint (zip: safetensors + metadata + config)",
+                       data=lambda: checkpoint_archive(by_id[pick]), file_name=f"{pick}.zip", mime="application/zip",
+                       icon=":material/download:")
+else:
+    st.caption("None of the chosen runs has a checkpoint (reference runs of large models ship their curves only).")
+
+if lim.allow_delete:
+    with st.expander("Delete runs"):
+        deletable = [r.id for r in chosen if not r.is_reference and r.state not in ACTIVE_STATES]
+        doomed = st.multiselect("Runs to delete (their folders are removed)", deletable)
+        if doomed and st.button("Delete", type="primary"):
+            store = RunStore()
+            for run_id in doomed:
+                try:
+                    store.delete(by_id[run_id])
+                except RunError as exc:
+                    st.error(str(exc))
+            st.rerun()

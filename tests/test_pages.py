@@ -1,0 +1,275 @@
+"""The dashboard's pages, driven through Streamlit's AppTest: widgets present, a launched run
+trains in the background and shows up live and in Compare, predictions on uploads, and every
+mistake a user can make ends as a message in the page, never a traceback."""
+
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from conftest import REPO, make_class_folders, write_image
+from fvr_core.config import TrainConfig
+from fvr_core.runs import ACTIVE_STATES, COMPLETED, RunStore
+
+TIMEOUT = 120
+
+
+def app(data: Path | None = None) -> AppTest:
+    at = AppTest.from_file(str(REPO / "streamlit_app.py"), default_timeout=TIMEOUT)
+    if data is not None:
+        at.session_state["data_path"] = str(data)
+    return at.run()
+
+
+def page(at: AppTest, name: str) -> AppTest:
+    return at.switch_page(f"pages/{name}.py").run()
+
+
+def texts(elements) -> str:
+    return "\n".join(str(e.value) for e in elements)
+
+
+def no_traceback(at: AppTest) -> None:
+    assert not at.exception, texts(at.exception)
+
+
+@pytest.fixture
+def trained_run(demo_data):
+    """A finished run of the small CNN on the demo set (trained in this process)."""
+    from fvr_core.training import train
+
+    run = train(TrainConfig(data=str(demo_data), model="cnn", epochs=2, image_size=32, batch_size=16))
+    assert run.state == COMPLETED
+    return run
+
+
+def jpeg_bytes(size=(120, 90), color=(90, 120, 200)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+# ---------------------------------------------------------------- Home
+
+
+def test_home_without_runs_or_data_says_where_to_start():
+    at = app()
+    no_traceback(at)
+    assert "fvr" in at.title[0].value
+    info = texts(at.info)
+    assert "No runs yet" in info and "No data set chosen" in info
+    assert {link.proto.page for link in at.get("page_link")} >= {"data", "train", "compare", "predict"}
+
+
+def test_home_lists_runs_and_the_data_set(trained_run, demo_data):
+    at = app(demo_data)
+    no_traceback(at)
+    assert "80 images (40 fake, 40 real)" in texts(at.markdown)
+    assert list(at.dataframe[0].value["run"]) == [trained_run.id]
+
+
+# ---------------------------------------------------------------- Data
+
+
+def test_data_page_shows_counts_samples_and_a_clean_report(demo_data):
+    at = page(app(demo_data), "data")
+    no_traceback(at)
+    assert len(at.get("plotly_chart")) == 2  # class counts and split sizes
+    assert len(at.get("imgs")) >= 1 or len(at.image) >= 1
+    assert "nothing was skipped" in texts(at.success)
+
+
+def test_data_page_lists_skipped_files_with_reasons(tmp_path):
+    root = make_class_folders(tmp_path / "faces", 5, 5)
+    (root / "fake" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (root / "real" / "empty.jpg").write_bytes(b"")
+    at = page(app(root), "data")
+    no_traceback(at)
+    report = at.dataframe[0].value
+    assert set(report["file"]) == {"fake/broken.jpg", "real/empty.jpg"}
+    assert all(report["reason"].str.len() > 0)
+    assert "2 file(s) were skipped" in texts(at.warning)
+
+
+def test_data_page_folder_errors_are_messages(tmp_path):
+    at = page(app(), "data")
+    at.get("button_group")[0].set_value("Folder path").run()
+    at.text_input(key="data_folder").input(str(tmp_path / "nowhere")).run()
+    at.button[-1].click().run()
+    no_traceback(at)
+    assert "does not exist" in texts(at.error)
+
+
+def test_data_page_demo_set_and_bad_zip(tmp_path):
+    at = page(app(), "data")
+    at.get("button_group")[0].set_value("Upload a zip").run()
+    at.file_uploader(key="data_zip").set_value(("faces.zip", b"this is not a zip", "application/zip")).run()
+    at.button[-1].click().run()
+    no_traceback(at)
+    assert "faces.zip" in texts(at.error)
+
+    at.get("button_group")[0].set_value("Demo set (synthetic)").run()
+    at.button[-1].click().run()
+    no_traceback(at)
+    assert "fvr-demo-synthetic" in at.session_state["data_path"]
+    assert "nothing was skipped" in texts(at.success)
+
+
+# ---------------------------------------------------------------- Train
+
+
+def test_train_page_has_every_setting_and_an_estimate(demo_data):
+    at = page(app(demo_data), "train")
+    no_traceback(at)
+    labels = {w.label for w in [*at.selectbox, *at.slider, *at.select_slider, *at.number_input, *at.checkbox]}
+    for wanted in ("Model", "Epochs", "Learning rate (log scale)", "Batch size", "Optimizer", "Schedule", "Weight decay",
+                   "Augmentation", "Image size (px)", "Seed", "Early stopping patience (epochs, 0 = off)",
+                   "Gradient clipping (max norm, 0 = off)"):
+        assert wanted in labels, wanted
+    assert at.session_state["cfg_image_size"] == 64 and at.session_state["cfg_model"] == "cnn"  # Quick look
+    assert "Estimated time" in texts(at.info)
+
+
+def test_presets_set_the_original_recipe(demo_data):
+    at = page(app(demo_data), "train")
+    next(b for b in at.button if b.label == "Preset: Original recipe").click().run()
+    no_traceback(at)
+    assert at.session_state["cfg_image_size"] == 300 and at.session_state["cfg_epochs"] == 30
+    assert at.session_state["cfg_augment"] == "none" and at.session_state["cfg_lr"] == 1e-3
+
+
+def test_train_without_data_explains_and_disables_train():
+    at = page(app(), "train")
+    no_traceback(at)
+    assert "No data set chosen" in texts(at.warning)
+    assert next(b for b in at.button if b.label == "Train").disabled
+
+
+def wait_for_end(at: AppTest, timeout: float = 240.0) -> AppTest:
+    """AppTest never re-runs a run_every fragment by itself: rerun the page until no run is active."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        at.run()
+        if not any(r.state in ACTIVE_STATES for r in RunStore().list()):
+            return at.run()
+        time.sleep(1.0)
+    raise AssertionError("the launched run did not finish in time")
+
+
+def test_train_launches_a_background_run_and_the_live_view_follows_it(demo_data):
+    at = page(app(demo_data), "train")
+    at.slider(key="cfg_epochs").set_value(2)
+    at.select_slider(key="cfg_image_size").set_value(32).run()
+    next(b for b in at.button if b.label == "Train").click().run()
+    no_traceback(at)
+    runs = RunStore().list()
+    assert len(runs) == 1 and runs[0].config.epochs == 2 and runs[0].config.image_size == 32
+    assert at.session_state["watch_run"] == runs[0].id
+    wait_for_end(at)
+    no_traceback(at)
+    assert runs[0].state == COMPLETED
+    assert "completed" in texts(at.success) and "test accuracy" in texts(at.success)
+    assert at.get("plotly_chart"), "the live curves should be drawn"
+
+
+def test_a_diverged_run_says_so_with_the_hint(demo_data):
+    from fvr_core.training import DIVERGENCE_HINT, train
+
+    run = train(TrainConfig(data=str(demo_data), model="cnn", epochs=1, image_size=32, lr=1e9, batch_size=8))
+    assert run.state == "diverged"
+    at = page(app(demo_data), "train")
+    no_traceback(at)
+    assert "diverged" in texts(at.error) and DIVERGENCE_HINT in texts(at.error)
+
+
+def test_train_all_four_queues_the_original_models(demo_data, monkeypatch):
+    import fvr_core.launcher as launcher
+
+    monkeypatch.setattr(launcher, "start_worker", lambda *a, **k: None)  # queue only: vgg19 would take minutes
+    at = page(app(demo_data), "train")
+    next(b for b in at.button if b.label == "Train all four").click().run()
+    no_traceback(at)
+    models = sorted(r.config.model for r in RunStore().list())
+    assert models == sorted(["cnn", "resnet18", "vgg19", "vgg19_bn"])
+    assert all(r.config.image_size == 64 for r in RunStore().list())
+
+
+def test_demo_mode_caps_the_sliders_and_refuses_heavy_models(demo_data, monkeypatch):
+    monkeypatch.setenv("FVR_DEMO_MODE", "1")
+    at = page(app(demo_data), "train")
+    no_traceback(at)
+    assert at.slider(key="cfg_epochs").max <= 5
+    assert max(at.select_slider(key="cfg_image_size").options, key=int) in ("128", 128)
+    assert "vgg19" not in at.selectbox(key="cfg_model").options
+    assert next(b for b in at.button if b.label == "Train all four").disabled
+
+
+# ---------------------------------------------------------------- Compare
+
+
+def test_compare_shows_the_table_curves_and_test_results(trained_run):
+    at = page(app(), "compare")
+    no_traceback(at)
+    table = at.dataframe[0].value
+    assert list(table["run"]) == [trained_run.id]
+    assert table["test_balanced_acc"][0] == pytest.approx(trained_run.test_metrics()["balanced_accuracy"])
+    assert at.multiselect[2].value == [trained_run.id]  # finished runs are preselected
+    assert len(at.get("plotly_chart")) >= 4  # curves, test bars, confusion matrix, ROC
+    assert len(at.get("download_button")) == 2  # the table and the checkpoint
+
+
+def test_compare_without_runs_says_so():
+    at = page(app(), "compare")
+    no_traceback(at)
+    assert "No runs yet" in texts(at.info)
+
+
+# ---------------------------------------------------------------- Predict
+
+
+def test_predict_uploads_get_a_probability_per_model(trained_run):
+    at = page(app(), "predict")
+    no_traceback(at)
+    at.file_uploader(key="photos").set_value([
+        ("portrait.jpg", jpeg_bytes((400, 250)), "image/jpeg"),
+        ("broken.png", b"\x89PNG not an image", "image/png"),
+    ]).run()
+    no_traceback(at)
+    assert len(at.get("plotly_chart")) == 1  # the good photo's bars
+    assert "broken.png" in texts(at.error)
+    captions = texts(at.caption)
+    assert "% fake" in captions and "cnn" in captions
+    assert len(at.get("download_button")) == 1
+
+
+def test_predict_without_models_says_so():
+    at = page(app(), "predict")
+    no_traceback(at)
+    assert "No trained model yet" in texts(at.info)
+
+
+def test_reference_runs_work_on_a_fresh_clone_before_any_training(demo_data, tmp_path, monkeypatch):
+    """Runs shipped in checkpoints/reference show in Compare and predict on Predict with no run of one's own."""
+    from fvr_core.training import train
+
+    reference = tmp_path / "reference"
+    shipped = train(TrainConfig(data=str(demo_data), model="cnn", epochs=1, image_size=32, batch_size=16), runs_dir=reference)
+    monkeypatch.setenv("FVR_REFERENCE_DIR", str(reference))
+    assert RunStore().list() == []  # nothing trained in this checkout
+
+    at = page(app(), "compare")
+    no_traceback(at)
+    table = at.dataframe[0].value
+    assert list(table["run"]) == [shipped.id] and bool(table["reference"].iloc[0])
+
+    at = page(app(), "predict")
+    no_traceback(at)
+    assert "reference" in texts(at.caption)
+    at.file_uploader(key="photos").set_value([("face.jpg", jpeg_bytes(), "image/jpeg")]).run()
+    no_traceback(at)
+    assert "% fake" in texts(at.caption)
