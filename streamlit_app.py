@@ -4,19 +4,8 @@ import streamlit as st
 
 st.set_page_config(page_title="fvr: fake vs real faces", page_icon=":material/face:", layout="wide")
 
-
-@st.cache_resource
-def _set_page_threads() -> int:
-    # once per server process: inference here must not fight a training process for the cores
-    import torch
-
-    from fvr_core.settings import page_threads
-
-    torch.set_num_threads(page_threads())
-    return torch.get_num_threads()
-
-
-_set_page_threads()
+# torch is imported by the pages that need it (Train, Predict), so the first page is quick; they
+# set this process's threads (FVR_PAGE_THREADS) before using it
 
 pages = [
     st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),

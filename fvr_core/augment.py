@@ -5,47 +5,24 @@ No per-image Python work: every op draws its random numbers for the whole batch 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
+from .augment_levels import AUGMENTATIONS, AugmentSpec  # noqa: F401  (re-exported)
 from .settings import IMAGENET_MEAN, IMAGENET_STD
 
 
-@dataclass(frozen=True)
-class AugmentSpec:
-    flip: bool = False
-    crop_pad: float = 0.0  # largest shift, as a fraction of the image side
-    colour: float = 0.0  # brightness/contrast/saturation jitter strength
-    jpeg: float = 0.0  # probability per image of JPEG re-compression (quality 50-95)
-    blur: float = 0.0  # probability per image of a Gaussian blur (sigma 0.3-1.5 px)
-    description: str = ""
-
-
-# one place names every augmentation level a page, the CLI or a config may choose
-AUGMENTATIONS: dict[str, AugmentSpec] = {
-    "none": AugmentSpec(description="no augmentation (the original recipe)"),
-    "light": AugmentSpec(flip=True, description="horizontal flip"),
-    "standard": AugmentSpec(flip=True, crop_pad=0.06, description="flip and random crop with padding"),
-    "strong": AugmentSpec(flip=True, crop_pad=0.08, colour=0.2, description="flip, crop/pad and colour jitter"),
-    "robust": AugmentSpec(
-        flip=True, crop_pad=0.06, jpeg=0.5, blur=0.3,
-        description="flip, crop/pad, JPEG re-compression and blur (for photos that were re-saved)",
-    ),
-}
-
-
-def _standardize(x: torch.Tensor) -> torch.Tensor:
-    """float (B,3,H,W) in [0, 1] -> normalised with ImageNet statistics."""
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-    return (x - mean) / std
+def _standardize_scaled(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """float (B,3,H,W) with values in [0, scale] -> normalised with ImageNet statistics, in place:
+    one multiply and one add, where a subtract and a divide into new buffers took four passes."""
+    std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return x.mul_(1.0 / (scale * std)).add_(-mean / std)
 
 
 def normalize(batch_uint8: torch.Tensor) -> torch.Tensor:
     """uint8 (B,3,H,W) -> float32 normalised with ImageNet statistics."""
-    return _standardize(batch_uint8.float().div_(255.0))
+    return _standardize_scaled(batch_uint8.float(), 255.0)
 
 
 def _per_image(mask_shape: int, probability: float, generator: torch.Generator, device) -> torch.Tensor:
@@ -66,8 +43,11 @@ def _jpeg(x: torch.Tensor, probability: float, generator: torch.Generator) -> to
 
 
 def _flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    chosen = _per_image(x.shape[0], 0.5, generator, x.device).view(-1, 1, 1, 1)
-    return torch.where(chosen, x.flip(-1), x)
+    """Mirror half the images (chosen at random); the caller's tensor is left as it was."""
+    chosen = _per_image(x.shape[0], 0.5, generator, x.device)
+    out = x.clone()
+    out[chosen] = x[chosen].flip(-1)
+    return out
 
 
 def _crop_pad(x: torch.Tensor, fraction: float, generator: torch.Generator) -> torch.Tensor:
@@ -127,16 +107,18 @@ class BatchAugmenter:
         spec, gen = self.spec, self.generator
         if spec.jpeg:
             batch = _jpeg(batch, spec.jpeg, gen)
+        if spec.flip:  # on the uint8 batch: a quarter of the bytes a float flip moves
+            batch = _flip(batch, gen)
+        if not (spec.crop_pad or spec.colour or spec.blur):
+            return normalize(batch)
         x = batch.float().div_(255.0)
-        if spec.flip:
-            x = _flip(x, gen)
         if spec.crop_pad:
             x = _crop_pad(x, spec.crop_pad, gen)
         if spec.colour:
             x = _colour(x, spec.colour, gen)
         if spec.blur:
             x = _blur(x, spec.blur, gen)
-        return _standardize(x)
+        return _standardize_scaled(x, 1.0)
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state()}

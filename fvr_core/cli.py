@@ -138,8 +138,9 @@ def _format_metrics(m: dict) -> str:
 
 
 def cmd_train(args) -> int:
+    from . import distributed
     from .launcher import launch
-    from .training import Trainer, stop_on_sigterm
+    from .training import Trainer, stop_on_sigterm, train
     from .runs import RunStore
 
     config = _config_from_args(args)
@@ -151,6 +152,10 @@ def cmd_train(args) -> int:
         print(f"queued run {run.id} in {run.path.parent}; watch it with: python -m fvr_core runs --runs-dir {run.path.parent}")
         return EXIT_OK
     stop_on_sigterm()
+    context = distributed.from_environment()
+    if context.enabled:  # under torchrun: the processes train one run; rank 0 reports it
+        run = train(config, args.runs_dir, _ProgressBar() if context.is_main else None)
+        return _print_state(run) if context.is_main else EXIT_OK
     run = RunStore(args.runs_dir).create(config)
     print(f"run {run.id} in {run.path}")
     Trainer(run, _ProgressBar()).fit()
@@ -161,10 +166,13 @@ def cmd_resume(args) -> int:
     from .runs import RunStore
     from .training import resume, stop_on_sigterm
 
+    from . import distributed
+
     run = RunStore(args.runs_dir).get(args.run)
     stop_on_sigterm()
-    resume(run, _ProgressBar())
-    return _print_state(run)
+    main = distributed.from_environment().is_main
+    resume(run, _ProgressBar() if main else None)
+    return _print_state(run) if main else EXIT_OK
 
 
 def cmd_stop(args) -> int:

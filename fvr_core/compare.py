@@ -13,7 +13,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from .evaluation import classification_metrics, roc_curve
+from .metrics import classification_metrics, roc_curve
 from .runs import COMPLETED, STOPPED, Run, RunError, RunStore
 from .settings import CLASSES, FAKE, reference_root
 

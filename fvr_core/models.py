@@ -1,52 +1,27 @@
 """The model registry: one place names every model with its builder, input size, saliency layer
-and parameter count. Every model returns raw 2-class logits (fake=0, real=1): no softmax inside,
-because CrossEntropyLoss applies its own (the original applied softmax twice)."""
+and parameter count (torch loads only when a model is built or counted). Every model returns raw
+2-class logits (fake=0, real=1): no softmax inside, because CrossEntropyLoss applies its own (the
+original applied softmax twice)."""
 
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # torch loads when a model is built, so configs and tables load without it
+    from torch import nn
 
 
 class ModelError(ValueError):
     """A model cannot be built as asked; the message says what to do."""
 
 
-class OriginalCNN(nn.Module):
-    """The write-up's small CNN, fixed: three conv blocks and two linear layers, returning logits.
-
-    The original flattened a 300x300 input's 64x35x35 feature map straight into its first linear
-    layer, so it only ran at 300x300. The adaptive pool below is the identity at 300x300 (same
-    weights, same output as the original) and makes any input size of 32 px or more work.
-    """
-
-    FEATURE_GRID = 35  # the spatial size 300x300 inputs reach after the three blocks
-
-    def __init__(self, num_classes: int = 2):
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 16, 3), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, 3), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-        )
-        self.pool = nn.AdaptiveAvgPool2d(self.FEATURE_GRID)
-        self.classifier = nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(64 * self.FEATURE_GRID**2, 128), nn.ReLU(inplace=True),
-            nn.Linear(128, num_classes),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.pool(self.features(x)))
-
-
 def _torchvision(name: str, head: str, pretrained: bool) -> nn.Module:
     """A torchvision model with its 1000-class head replaced by a 2-class one."""
+    import torch
     import torchvision
+    from torch import nn
 
     weights = None
     if pretrained:
@@ -87,6 +62,12 @@ class ModelSpec:
         return self.builder(pretrained)
 
 
+def _original_cnn() -> nn.Module:
+    from .cnn import OriginalCNN
+
+    return OriginalCNN()
+
+
 def _tv(name: str, head: str) -> Callable[[bool], nn.Module]:
     return functools.partial(_torchvision, name, head)
 
@@ -94,7 +75,7 @@ def _tv(name: str, head: str) -> Callable[[bool], nn.Module]:
 MODELS: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in [
-        ModelSpec("cnn", lambda pretrained: OriginalCNN(), 300, 32, "features.7", False,
+        ModelSpec("cnn", lambda pretrained: _original_cnn(), 300, 32, "features.8", False,
                   "the original write-up's small CNN (3 conv blocks), fixed to return logits at any size"),
         ModelSpec("resnet18", _tv("resnet18", "fc"), 300, 32, "layer4", True,
                   "ResNet-18 (11M parameters), the write-up's best model"),
@@ -124,6 +105,8 @@ def build_model(name: str, pretrained: bool = False) -> nn.Module:
 
 @functools.cache
 def _parameter_count(name: str) -> int:
+    import torch
+
     with torch.device("meta"):  # no memory, no weights: counting needs only shapes
         model = MODELS[name].build(False)
     return sum(p.numel() for p in model.parameters())

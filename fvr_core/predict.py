@@ -39,7 +39,9 @@ class Prediction:
 
 class Predictor:
     def __init__(self, model: torch.nn.Module, meta: dict, device: str = "cpu"):
-        self.model = model.to(device).eval()
+        # channels-last convolutions: 25 -> 13 ms for the cnn, 86 -> 76 ms for resnet18 on one
+        # 300 px image on a 2-core CPU (benchmarks/train_speed.py measures the whole prediction)
+        self.model = model.to(device).eval().to(memory_format=torch.channels_last)
         self.meta = meta
         self.image_size = int(meta["image_size"])
         self.device = device

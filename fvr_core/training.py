@@ -11,17 +11,21 @@ import csv
 import io
 import math
 import os
+import shutil
 import signal
+import tempfile
 import threading
 import time
 import traceback
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 from torch import nn
 
+from . import distributed
 from .augment import BatchAugmenter
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
@@ -36,6 +40,9 @@ from .settings import CLASSES
 
 ProgressFn = Callable[[str, dict], None]
 
+# On a GPU, reading a loss on the host waits for the queued kernels: the loop reads (logs, checks
+# stop requests and divergence) at most this often. On a CPU the read is free and every step counts.
+GPU_CHECK_SECONDS = 0.1
 DIVERGENCE_LOSS = 20.0  # a smoothed 2-class cross-entropy this high (chance is 0.69) means the weights blew up
 DIVERGENCE_HINT = (
     "lower the learning rate (try a tenth of it), clip gradients (grad_clip 1.0), "
@@ -81,6 +88,10 @@ def _autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | 
     return torch.bfloat16 if on else None
 
 
+def _channels_last(config: TrainConfig, device: torch.device) -> bool:
+    return config.channels_last == "on" or (config.channels_last == "auto" and device.type in ("cuda", "cpu"))
+
+
 def _lr_factor(config: TrainConfig, steps_per_epoch: int, total_steps: int) -> Callable[[int], float]:
     warmup = int(round(config.warmup_epochs * steps_per_epoch))
     if config.schedule == "onecycle" and warmup == 0:
@@ -97,21 +108,26 @@ def _lr_factor(config: TrainConfig, steps_per_epoch: int, total_steps: int) -> C
     return factor
 
 
-def _make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+def _make_optimizer(config: TrainConfig, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
+    fused = {"fused": True} if device.type == "cuda" else {}  # one kernel for the whole update
     if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, **fused)
     if config.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, **fused)
     return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, nesterov=config.momentum > 0)
 
 
 class Trainer:
     """Trains `run` (whose folder holds the config) in this process."""
 
-    def __init__(self, run: Run, progress: ProgressFn | None = None, resume: bool = False, cpu_share: int = 1):
+    def __init__(
+        self, run: Run, progress: ProgressFn | None = None, resume: bool = False, cpu_share: int = 1,
+        dist: distributed.DistContext = distributed.SINGLE,
+    ):
         self.run = run
         self.cpu_share = cpu_share  # trainers running side by side: threads=0 takes 1/cpu_share of the cores
+        self.dist = dist  # under torchrun: this process's rank (only rank 0's run folder is kept)
         self.config = run.config.validate()
         self.progress = progress or (lambda event, info: None)
         self.resume = resume
@@ -155,6 +171,8 @@ class Trainer:
     def _setup(self) -> None:
         run, config = self.run, self.config
         self.device = resolve_device(config.device)
+        if self.device.type == "cuda" and self.dist.enabled:
+            self.device = torch.device("cuda", torch.cuda.current_device())
         self.threads = configure_threads(config.threads, self.cpu_share) if self.device.type == "cpu" else torch.get_num_threads()
         self.autocast_dtype = _autocast_dtype(config, self.device)
         torch.manual_seed(config.seed)
@@ -176,24 +194,40 @@ class Trainer:
 
         spec = get_spec(config.model)
         self.model = build_model(config.model, pretrained=config.pretrained).to(self.device)
-        self.optimizer = _make_optimizer(config, self.model)
-        self.steps_per_epoch = max(1, math.ceil(len(train_idx) / config.batch_size))
+        if _channels_last(config, self.device):
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = _make_optimizer(config, self.model, self.device)
+        shard_size = math.ceil(len(train_idx) / self.dist.world_size)
+        self.steps_per_epoch = max(1, math.ceil(shard_size / config.batch_size))
         self.total_steps = config.epochs * self.steps_per_epoch
         if config.max_steps:
             self.total_steps = min(self.total_steps, config.max_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_factor(config, self.steps_per_epoch, self.total_steps))
-        self.augmenter = BatchAugmenter(config.augment, seed=config.seed, device=self.device)
+        # each process augments with its own random stream
+        self.augmenter = BatchAugmenter(config.augment, seed=config.seed + 7919 * self.dist.rank, device=self.device)
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
         self.step, self.start_epoch = 0, 0
         self.best_val_loss, self.epochs_without_better = math.inf, 0
         if self.resume:
             self._load_last()
+        self.train_model = self._wrap_for_training(self.model)
         run.write_status(
             RUNNING, phase="training", device=str(self.device), threads=self.threads, parameters=spec.parameter_count,
             steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps,
             train_images=len(train_idx), epoch=self.start_epoch, step=self.step,
         )
         self.progress("start", {"total_steps": self.total_steps, "step": self.step, "device": str(self.device)})
+
+    def _wrap_for_training(self, model: nn.Module) -> nn.Module:
+        """The module the training steps call: DDP under torchrun (it averages gradients and starts
+        every process from rank 0's weights), compiled if asked. It shares its parameters with
+        self.model, which evaluation and checkpoints use as it is."""
+        if self.dist.enabled:
+            model = nn.parallel.DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if self.config.compile:
+            self.progress("phase", {"phase": "compiling the model"})
+            model = torch.compile(model)
+        return model
 
     def _load_last(self) -> None:
         state_path = self.run.path / "last_state.pt"
@@ -217,59 +251,103 @@ class Trainer:
 
     def _train_epochs(self) -> None:
         config = self.config
-        smoothed = None
+        self._smoothed_loss = None
+        self._last_check = 0.0
         for epoch in range(self.start_epoch, config.epochs):
             if self.step >= self.total_steps:
                 break
-            self.model.train()
-            epoch_start, seen, loss_sum, correct = time.time(), 0, 0.0, 0
-            # a fresh permutation per epoch from (seed, epoch): the same order after a resume
-            order = torch.randperm(len(self.train_labels), generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
+            self.train_model.train()
+            epoch_start, seen = time.time(), 0
+            # sums stay on the device: reading them each step would wait for the GPU every step
+            loss_sum = torch.zeros((), device=self.device)
+            correct = torch.zeros((), dtype=torch.long, device=self.device)
+            order = self._epoch_order(epoch)
             for start in range(0, len(order), config.batch_size):
-                if self.run.stop_requested():
+                if not self.dist.enabled and self.run.stop_requested():
                     raise _StopTraining()
-                idx = order[start : start + config.batch_size].to(self.device)
+                idx = order[start : start + config.batch_size]
                 lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses
-                loss, logits, grad_norm = self._train_step(self.train_images[idx], self.train_labels[idx])
+                labels = self.train_labels[idx]
+                loss, logits, grad_norm = self._train_step(self.train_images[idx], labels)
                 self.step += 1
-                loss_value = float(loss)
-                if not math.isfinite(loss_value) or not math.isfinite(grad_norm):
-                    raise _Diverged(self.step, f"loss {loss_value}, gradient norm {grad_norm} (not finite)")
-                smoothed = loss_value if smoothed is None else 0.9 * smoothed + 0.1 * loss_value
-                if smoothed > DIVERGENCE_LOSS:
-                    raise _Diverged(self.step, f"smoothed loss {smoothed:.3g} (chance level is 0.69)")
                 seen += len(idx)
-                loss_sum += loss_value * len(idx)
-                correct += int((logits.argmax(1) == self.train_labels[idx]).sum())
-                if self.step % config.log_every == 0 or self.step == self.total_steps:
-                    row = {
-                        "kind": "step", "step": self.step, "epoch": epoch + start / len(order),
-                        "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
-                        "time": time.time(),
-                    }
-                    self.run.append_metrics(row)
-                    self.progress("step", {**row, "total_steps": self.total_steps})
+                loss_sum += loss * len(idx)
+                correct += (logits.argmax(1) == labels).sum()
+                self._smoothed_loss = loss if self._smoothed_loss is None else 0.9 * self._smoothed_loss + 0.1 * loss
+                last = self.step >= self.total_steps or start + config.batch_size >= len(order)
+                if self._check_due(last):
+                    self._check(epoch + start / len(order), loss, grad_norm, lr)
                 if self.step >= self.total_steps:
                     break
             train_seconds = time.time() - epoch_start
-            self._end_epoch(epoch, seen, loss_sum, correct, train_seconds)
+            seen_all, loss_all, correct_all = self._epoch_totals(seen, loss_sum, correct)
+            if not math.isfinite(loss_all):  # caught here at the latest, before a checkpoint is written
+                raise _Diverged(self.step, f"training loss {loss_all} (not finite)")
+            self._end_epoch(epoch, seen_all, loss_all, correct_all, train_seconds)
             if config.patience and self.epochs_without_better >= config.patience:
                 self.run.append_metrics({"kind": "event", "event": "early_stop", "step": self.step, "epoch": epoch + 1, "time": time.time()})
                 break
 
-    def _train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+    def _epoch_order(self, epoch: int) -> torch.Tensor:
+        """This process's batches of the epoch, as indices on the device: a fresh permutation per
+        epoch from (seed, epoch), the same after a resume and on every process before sharding."""
+        order = torch.randperm(len(self.train_labels), generator=torch.Generator().manual_seed(self.config.seed * 1000 + epoch))
+        return distributed.shard(order, self.dist).to(self.device, non_blocking=True)
+
+    def _check_due(self, last_of_epoch: bool) -> bool:
+        """Whether this step reads the loss on the host: every log_every steps and at an epoch's
+        end; on a GPU (alone) also no more often than GPU_CHECK_SECONDS. Under torchrun the rule
+        depends on the step only, since every process must take part in the same checks."""
+        if self.step % self.config.log_every and not last_of_epoch:
+            return False
+        if self.device.type == "cpu" or self.dist.enabled or last_of_epoch:
+            return True
+        now = time.monotonic()
+        if now - self._last_check < GPU_CHECK_SECONDS:
+            return False
+        self._last_check = now
+        return True
+
+    def _check(self, epoch: float, loss: torch.Tensor, grad_norm: torch.Tensor, lr: float) -> None:
+        """Stop requests, divergence and a step row, at the steps _check_due picks."""
+        stop = float(self.dist.is_main and self.run.stop_requested())
+        values = torch.stack([loss.float(), self._smoothed_loss.float(), grad_norm.float().to(loss.device),
+                              torch.tensor(stop, device=loss.device)])
+        if self.dist.enabled:  # the loss averaged over processes; a stop asked of rank 0 stops all
+            values = distributed.sum_across(values, self.dist) / torch.tensor([self.dist.world_size] * 3 + [1], device=values.device)
+        loss_value, smoothed, norm, stop = (float(v) for v in values.cpu())
+        if stop:
+            raise _StopTraining()
+        if not math.isfinite(loss_value) or not math.isfinite(norm):
+            raise _Diverged(self.step, f"loss {loss_value}, gradient norm {norm} (not finite)")
+        if smoothed > DIVERGENCE_LOSS:
+            raise _Diverged(self.step, f"smoothed loss {smoothed:.3g} (chance level is 0.69)")
+        row = {"kind": "step", "step": self.step, "epoch": epoch, "loss": loss_value, "lr": lr, "grad_norm": norm, "time": time.time()}
+        self.run.append_metrics(row)
+        self.progress("step", {**row, "total_steps": self.total_steps})
+
+    def _epoch_totals(self, seen: int, loss_sum: torch.Tensor, correct: torch.Tensor) -> tuple[int, float, int]:
+        """Images, summed loss and correct answers of the epoch over all processes."""
+        totals = torch.stack([torch.tensor(float(seen), device=loss_sum.device), loss_sum.float(), correct.float()])
+        seen_all, loss_all, correct_all = (float(v) for v in distributed.sum_across(totals, self.dist).cpu())
+        return int(seen_all), loss_all, int(correct_all)
+
+    def _train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x = self.augmenter(images)
         with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
-            logits = self.model(x)
+            logits = self.train_model(x)
             loss = self.loss_fn(logits.float(), labels)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        max_norm = self.config.grad_clip if self.config.grad_clip > 0 else math.inf
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
-        if math.isfinite(grad_norm):
-            self.optimizer.step()
+        # a non-finite norm is seen at the next check and ends the run as diverged; checking it
+        # here would make every step wait for the GPU
+        if self.config.grad_clip > 0:
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        else:  # the norm for the curves, without clipping's pass over every gradient
+            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self.model.parameters() if p.grad is not None])
+        self.optimizer.step()
         self.scheduler.step()
-        return loss.detach(), logits.detach(), grad_norm
+        return loss.detach(), logits.detach(), grad_norm.detach()
 
     def _evaluate(self, split: str) -> tuple[dict[str, Any], np.ndarray, float]:
         idx = self.split_idx[split]
@@ -352,22 +430,68 @@ class Trainer:
 
 def train(config: TrainConfig, runs_dir: str | Path | None = None, progress: ProgressFn | None = None) -> Run:
     """Create a run for `config` under `runs_dir` and train it here; returns the finished run
-    (its status says completed, stopped, diverged or failed)."""
+    (its status says completed, stopped, diverged or failed). Under torchrun, every process
+    calls this with the same arguments and they train one run together (see distributed.py)."""
     config = config.replace(data=str(Path(config.data).expanduser().resolve())) if config.data else config
-    run = RunStore(runs_dir).create(config)
-    return Trainer(run, progress).fit()
+    context = distributed.from_environment()
+    if not context.enabled:
+        run = RunStore(runs_dir).create(config)
+        return Trainer(run, progress).fit()
+    distributed.init(context)
+    try:
+        run = RunStore(runs_dir).create(config) if context.is_main else None
+        run_path = distributed.broadcast_object(str(run.path) if run else None, context)
+        config = TrainConfig.from_dict(distributed.broadcast_object(config.to_dict(), context))
+        with _scratch_run_unless_main(context, run_path, config=config) as own:
+            Trainer(own, progress if context.is_main else None, dist=context).fit()
+        return Run(Path(run_path))  # rank 0's folder (other nodes may not see it)
+    finally:
+        distributed.shutdown()
+
+
+@contextmanager
+def _scratch_run_unless_main(context: distributed.DistContext, run_path: str, config: TrainConfig | None = None,
+                             copy_from: Path | None = None) -> Iterator[Run]:
+    """The run this process writes: the real one on rank 0, else a private scratch folder (a new
+    run of `config`, or a copy of `copy_from` to resume), removed at the end."""
+    if context.is_main:
+        yield Run(Path(run_path))
+        return
+    scratch = Path(tempfile.mkdtemp(prefix=f"fvr-rank{context.rank}-"))
+    try:
+        if copy_from is not None:
+            shutil.copytree(copy_from, scratch / copy_from.name, ignore=shutil.ignore_patterns("claimed", "*.tmp"))
+            yield Run(scratch / copy_from.name)
+        else:
+            yield RunStore(scratch).create(config)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 RESUMABLE = (INTERRUPTED, STOPPED, FAILED)
 
 
 def resume(run: Run, progress: ProgressFn | None = None) -> Run:
-    """Continue an interrupted, stopped or failed run from its last checkpoint."""
+    """Continue an interrupted, stopped or failed run from its last checkpoint. Under torchrun
+    every process needs to read the run folder (one node, or a shared filesystem)."""
     state = run.state
     if state not in RESUMABLE:
         raise RunError(f"run {run.id} is {state}; only {', '.join(RESUMABLE)} runs can be resumed")
-    (run.path / "stop").unlink(missing_ok=True)
-    return Trainer(run, progress, resume=True).fit()
+    context = distributed.from_environment()
+    if not context.enabled:
+        (run.path / "stop").unlink(missing_ok=True)
+        return Trainer(run, progress, resume=True).fit()
+    distributed.init(context)
+    try:
+        if context.is_main:
+            (run.path / "stop").unlink(missing_ok=True)
+        distributed.barrier(context)  # every process copies the folder before rank 0 writes to it
+        with _scratch_run_unless_main(context, str(run.path), copy_from=run.path) as own:
+            distributed.barrier(context)
+            Trainer(own, progress if context.is_main else None, resume=True, dist=context).fit()
+        return run
+    finally:
+        distributed.shutdown()
 
 
 def stop_on_sigterm() -> None:

@@ -9,9 +9,8 @@ import streamlit as st
 
 from fvr_core.compare import all_runs
 from fvr_core.datasources import default_dataset, overview
-from fvr_core.predict import Predictor
 from fvr_core.runs import Run
-from fvr_core.settings import AppLimits, app_limits
+from fvr_core.settings import AppLimits, app_limits, page_threads
 
 DATA_KEY = "data_path"
 WATCH_KEY = "watch_run"
@@ -42,12 +41,18 @@ def data_overview(path: str, fractions: tuple[float, float, float], seed: int):
 
 
 @st.cache_resource(max_entries=12, show_spinner="Loading the model...")
-def _predictor(checkpoint: str, modified: float) -> Predictor:
+def _predictor(checkpoint: str, modified: float):
+    from fvr_core.predict import Predictor  # torch loads here, not for the first page
+
     return Predictor.from_checkpoint(checkpoint)
 
 
-def predictor(run: Run) -> Predictor:
-    """One Predictor per checkpoint file and version, shared by every session of this server."""
+def predictor(run: Run):
+    """One Predictor per checkpoint file and version, shared by every session of this server.
+    Sets this process's torch threads first: a training worker beside it has the cores."""
+    import torch
+
+    torch.set_num_threads(page_threads())
     path = run.checkpoint("best")
     return _predictor(str(path), path.stat().st_mtime)
 

@@ -1,5 +1,5 @@
 """Train: settings as sliders, presets, a time estimate, background launches and a live view of
-the runs that train (a fragment that re-runs every 2 s: reloading re-attaches, nothing restarts)."""
+the runs that train (a fragment that re-runs every second: reloading re-attaches, nothing restarts)."""
 
 import streamlit as st
 
@@ -224,4 +224,4 @@ def live_view() -> None:
 
 
 any_active = any(r.state in ACTIVE_STATES for r in store.list())
-st.fragment(live_view, run_every=2 if any_active else None)()
+st.fragment(live_view, run_every=1 if any_active else None)()

@@ -7,7 +7,8 @@ import urllib.error
 import pytest
 import torch
 
-from fvr_core.models import MODELS, ModelError, OriginalCNN, build_model, get_spec
+from fvr_core.cnn import OriginalCNN
+from fvr_core.models import MODELS, ModelError, build_model, get_spec
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -82,3 +83,16 @@ def test_pretrained_offline_fails_with_a_clear_message(monkeypatch, tmp_path):
 def test_cnn_has_no_pretrained_weights():
     with pytest.raises(ModelError, match="no pretrained"):
         build_model("cnn", pretrained=True)
+
+
+def test_pooling_before_relu_keeps_the_original_outputs_and_gradients():
+    torch.manual_seed(0)
+    fast, original = OriginalCNN(), OriginalCNN(relu_first=True)
+    original.load_state_dict(fast.state_dict())  # the same weights fit both layer orders
+    x = torch.randn(2, 3, 64, 64)
+    out_fast, out_original = fast(x), original(x)
+    assert torch.allclose(out_fast, out_original, atol=1e-6)
+    out_fast.sum().backward()
+    out_original.sum().backward()
+    for (name, a), b in zip(fast.named_parameters(), original.parameters()):
+        assert torch.allclose(a.grad, b.grad, atol=1e-5), name

@@ -273,3 +273,14 @@ def test_reference_runs_work_on_a_fresh_clone_before_any_training(demo_data, tmp
     at.file_uploader(key="photos").set_value([("face.jpg", jpeg_bytes(), "image/jpeg")]).run()
     no_traceback(at)
     assert "% fake" in texts(at.caption)
+
+
+def test_the_first_page_needs_no_torch():
+    """Home renders without importing torch (seconds on a small server); torch loads with Train or Predict."""
+    import subprocess
+    import sys
+
+    code = ("import sys, fvr_core, fvr_core.compare, fvr_core.datasources, fvr_core.charts, fvr_core.launcher; "
+            "print('torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert result.stdout.strip() == "False", result.stderr

@@ -10,6 +10,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 from conftest import make_class_folders
@@ -72,6 +73,24 @@ def test_same_seed_gives_the_same_split_and_weights(colour_data, tmp_path):
     assert a.split()["test"] == b.split()["test"]
     wa, wb = load_file(a.path / "last.safetensors"), load_file(b.path / "last.safetensors")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_memory_layout_does_not_change_what_is_learnt(colour_data, tmp_path):
+    """channels_last is a speed setting: the same seed reaches the same weights up to rounding."""
+    a = train(small(colour_data, epochs=1, channels_last="off"), runs_dir=tmp_path / "a")
+    b = train(small(colour_data, epochs=1, channels_last="on"), runs_dir=tmp_path / "b")
+    wa, wb = load_file(a.path / "last.safetensors"), load_file(b.path / "last.safetensors")
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-4) for k in wa)
+    assert all(wb[k].is_contiguous() for k in wb)  # checkpoints stay in the standard layout
+
+
+def test_compiled_training_completes_and_its_checkpoint_loads_plainly(colour_data, tmp_path):
+    from fvr_core.predict import Predictor
+
+    run = train(small(colour_data, epochs=1, compile=True), runs_dir=tmp_path)
+    assert run.state == COMPLETED, run.status()
+    assert not any(k.startswith("_orig_mod") for k in load_file(run.path / "best.safetensors"))
+    assert Predictor.from_run(run).predict([Image.new("RGB", (40, 40))])[0].prob_fake is not None
 
 
 def test_stop_request_ends_the_run_within_one_step(colour_data, tmp_path):

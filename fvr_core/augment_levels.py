@@ -1,0 +1,29 @@
+"""The augmentation levels a page, the CLI or a config may choose (no torch here: configs and
+tables load without it; fvr_core.augment applies them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class AugmentSpec:
+    flip: bool = False
+    crop_pad: float = 0.0  # largest shift, as a fraction of the image side
+    colour: float = 0.0  # brightness/contrast/saturation jitter strength
+    jpeg: float = 0.0  # probability per image of JPEG re-compression (quality 50-95)
+    blur: float = 0.0  # probability per image of a Gaussian blur (sigma 0.3-1.5 px)
+    description: str = ""
+
+
+# one place names every augmentation level a page, the CLI or a config may choose
+AUGMENTATIONS: dict[str, AugmentSpec] = {
+    "none": AugmentSpec(description="no augmentation (the original recipe)"),
+    "light": AugmentSpec(flip=True, description="horizontal flip"),
+    "standard": AugmentSpec(flip=True, crop_pad=0.06, description="flip and random crop with padding"),
+    "strong": AugmentSpec(flip=True, crop_pad=0.08, colour=0.2, description="flip, crop/pad and colour jitter"),
+    "robust": AugmentSpec(
+        flip=True, crop_pad=0.06, jpeg=0.5, blur=0.3,
+        description="flip, crop/pad, JPEG re-compression and blur (for photos that were re-saved)",
+    ),
+}
