@@ -276,7 +276,7 @@ def cmd_models(args) -> int:
 def cmd_worker(args) -> int:
     from .launcher import work
 
-    work(args.runs_dir, args.max_concurrent)
+    work(args.runs_dir, args.max_concurrent, idle_seconds=args.idle_seconds)
     return EXIT_OK
 
 
@@ -358,6 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_worker)
     p.add_argument("--runs-dir", required=True)
     p.add_argument("--max-concurrent", type=int, default=DEFAULT_MAX_CONCURRENT)
+    p.add_argument("--idle-seconds", type=float, default=0.0, help="wait this long for more runs before exiting")
     return parser
 
 

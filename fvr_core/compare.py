@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 
 from .metrics import classification_metrics, roc_curve
-from .runs import COMPLETED, STOPPED, Run, RunError, RunStore
-from .settings import CLASSES, FAKE, reference_root
+from .runs import COMPLETED, STOPPED, Run, RunError, RunStore, all_runs  # noqa: F401  (all_runs: re-exported)
+from .settings import CLASSES, FAKE
 
 # Validation accuracy the original write-up reported on the Kaggle set (700 StyleGAN2 fakes vs 589
 # real faces, 300x300, 30 epochs, Adam 1e-3). Not the same data as the shared set: a reference only.
@@ -26,14 +26,6 @@ TABLE_COLUMNS = [
     "augment", "image_size", "best_val_acc", "test_acc", "test_balanced_acc", "test_roc_auc",
     "parameters", "train_seconds", "images_per_s", "created", "message",
 ]
-
-
-def all_runs(runs_dir: str | Path | None = None, include_reference: bool = True) -> list[Run]:
-    """The user's runs (newest first), then the reference runs shipped in checkpoints/reference."""
-    runs = RunStore(runs_dir).list()
-    if include_reference:
-        runs += RunStore(reference_root()).list()
-    return runs
 
 
 def comparison_table(runs: Iterable[Run]) -> pd.DataFrame:

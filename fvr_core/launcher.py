@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import fcntl
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -51,15 +53,17 @@ def launch(
     return run
 
 
-def start_worker(runs_root: Path, max_concurrent: int = DEFAULT_MAX_CONCURRENT) -> subprocess.Popen:
-    """Start a detached worker process for `runs_root` (it exits at once if all slots are busy)."""
+def start_worker(runs_root: Path, max_concurrent: int = DEFAULT_MAX_CONCURRENT, idle_seconds: float = 0.0) -> subprocess.Popen:
+    """Start a detached worker process for `runs_root` (it exits at once if all slots are busy;
+    with `idle_seconds` it waits that long for more runs before it exits)."""
     runs_root = Path(runs_root)
     runs_root.mkdir(parents=True, exist_ok=True)
     log = open(runs_root / "worker.log", "ab")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
     try:
         return subprocess.Popen(
-            [sys.executable, "-m", "fvr_core", "worker", "--runs-dir", str(runs_root), "--max-concurrent", str(max_concurrent)],
+            [sys.executable, "-m", "fvr_core", "worker", "--runs-dir", str(runs_root), "--max-concurrent", str(max_concurrent),
+             "--idle-seconds", str(idle_seconds)],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(PROJECT_ROOT),
             start_new_session=True,  # not in the launcher's process group: its Ctrl-C or exit does not reach us
         )
@@ -95,10 +99,34 @@ def next_queued(store: RunStore) -> Run | None:
     return None
 
 
-def work(runs_root: str | Path, max_concurrent: int = DEFAULT_MAX_CONCURRENT) -> int:
-    """The worker loop: train queued runs until the queue is empty. Returns how many it trained."""
-    from .training import Trainer, stop_on_sigterm
+def _next_queued_within(store: RunStore, seconds: float) -> Run | None:
+    """Claim the oldest queued run, waiting up to `seconds` for one to be queued."""
+    deadline = time.monotonic() + seconds
+    while (run := next_queued(store)) is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return run
 
+
+def stop_on_sigterm() -> None:
+    """Turn SIGTERM into a KeyboardInterrupt, so a terminated trainer ends its run as stopped."""
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
+
+
+def prewarm(runs_root: str | Path | None = None, max_concurrent: int = DEFAULT_MAX_CONCURRENT, idle_seconds: float = 120.0) -> subprocess.Popen:
+    """Start a worker that imports torch and waits `idle_seconds` for a run, so a run launched
+    soon after (the dashboard calls this when the Train page opens) starts training at once
+    instead of after a new process has loaded torch. A no-op when every slot has a worker."""
+    return start_worker(RunStore(runs_root).root, max_concurrent, idle_seconds)
+
+
+def work(runs_root: str | Path, max_concurrent: int = DEFAULT_MAX_CONCURRENT, idle_seconds: float = 0.0) -> int:
+    """The worker loop: train queued runs until the queue is empty (and has stayed empty for
+    `idle_seconds`). Returns how many it trained."""
     stop_on_sigterm()
     store = RunStore(runs_root)
     trained = 0
@@ -106,7 +134,9 @@ def work(runs_root: str | Path, max_concurrent: int = DEFAULT_MAX_CONCURRENT) ->
         with _slot(store.root, max_concurrent) as got_slot:
             if not got_slot:
                 return trained  # the worker holding the slot will take our run
-            while (run := next_queued(store)) is not None:
+            from .training import Trainer  # torch loads once this worker has a slot to train in
+
+            while (run := _next_queued_within(store, idle_seconds)) is not None:
                 if run.stop_requested():
                     run.write_status(STOPPED, message="stopped before it started", ended=now_iso())
                     continue

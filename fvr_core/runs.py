@@ -354,3 +354,11 @@ class RunStore:
 
     def summaries(self, **filters: Any) -> list[dict[str, Any]]:
         return [r.summary() for r in self.list(**filters)]
+
+
+def all_runs(runs_dir: str | Path | None = None, include_reference: bool = True) -> list[Run]:
+    """The user's runs (newest first), then the reference runs shipped in checkpoints/reference."""
+    runs = RunStore(runs_dir).list()
+    if include_reference:
+        runs += RunStore(settings.reference_root()).list()
+    return runs

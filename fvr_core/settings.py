@@ -101,3 +101,10 @@ def page_threads() -> int:
     threads both lose (benchmarks/page_contention.py: on 2 cores, predictions 2-3x slower at the
     median and up to 10x at p95, and the trainer slower too)."""
     return max(1, _env_int("FVR_PAGE_THREADS", 1))
+
+
+def worker_idle_seconds() -> float:
+    """How long a worker started when the Train page opens waits for a run (FVR_PREWARM_SECONDS,
+    default 120; 0 turns prewarming off). It loads torch while the user picks settings, so the
+    first curve of a run appears seconds sooner."""
+    return max(0.0, float(_env_int("FVR_PREWARM_SECONDS", 120)))

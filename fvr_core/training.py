@@ -12,7 +12,6 @@ import io
 import math
 import os
 import shutil
-import signal
 import tempfile
 import threading
 import time
@@ -31,6 +30,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .dataset import load_dataset, require_trainable, split_ids
 from .evaluation import classification_metrics, predict_logits, prob_fake_from_logits
+from .launcher import stop_on_sigterm  # noqa: F401  (the CLI's and notebooks' import path)
 from .models import build_model, get_spec
 from .runs import (
     COMPLETED, DIVERGED, FAILED, HEARTBEAT_SECONDS, INTERRUPTED, RUNNING, STOPPED,
@@ -492,13 +492,3 @@ def resume(run: Run, progress: ProgressFn | None = None) -> Run:
         return run
     finally:
         distributed.shutdown()
-
-
-def stop_on_sigterm() -> None:
-    """Turn SIGTERM into a KeyboardInterrupt, so a terminated trainer ends its run as stopped."""
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt()
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, handler)

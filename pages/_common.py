@@ -7,9 +7,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from fvr_core.compare import all_runs
 from fvr_core.datasources import default_dataset, overview
-from fvr_core.runs import Run
+from fvr_core.runs import Run, all_runs
 from fvr_core.settings import AppLimits, app_limits, page_threads
 
 DATA_KEY = "data_path"

@@ -1,6 +1,8 @@
 """Train: settings as sliders, presets, a time estimate, background launches and a live view of
 the runs that train (a fragment that re-runs every second: reloading re-attaches, nothing restarts)."""
 
+import time
+
 import streamlit as st
 
 from fvr_core.augment import AUGMENTATIONS
@@ -9,10 +11,11 @@ from fvr_core.config import OPTIMIZERS, ORIGINAL_MODELS, PRESET_NOTES, PRESETS, 
 from fvr_core.dataset import DataError, is_cached
 from fvr_core.datasources import split_sizes
 from fvr_core.estimate import estimate_run, format_duration, measure_speed
-from fvr_core.launcher import launch, resume_in_background, stop
+from fvr_core.launcher import launch, prewarm, resume_in_background, stop
 from fvr_core.models import MODELS
 from fvr_core.runs import ACTIVE_STATES, COMPLETED, DIVERGED, FAILED, INTERRUPTED, QUEUED, RUNNING, STOPPED, RunError, RunStore
 from fvr_core.training import RESUMABLE
+from fvr_core.settings import worker_idle_seconds
 from pages._common import WATCH_KEY, current_dataset, data_overview, demo_banner, limits
 
 st.title("Train")
@@ -54,6 +57,11 @@ if data_path is None:
     st.page_link("pages/data.py", label="Go to Data", icon=":material/photo_library:")
 else:
     st.caption(f"Data: `{data_path}` (change it on the Data page)")
+    idle = worker_idle_seconds()
+    if idle and time.time() - st.session_state.get("prewarmed", 0.0) > idle / 2:
+        # a worker loads torch while the settings are chosen: the first curve comes seconds sooner
+        prewarm(max_concurrent=lim.max_concurrent_runs, idle_seconds=idle)
+        st.session_state["prewarmed"] = time.time()
 
 # ---------------------------------------------------------------- settings
 preset_cols = st.columns(len(PRESETS) + 1)

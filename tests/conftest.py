@@ -25,6 +25,7 @@ def isolated_folders(tmp_path_factory, monkeypatch):
     # no shipped reference runs, no demo mode and no default data set unless a test asks for them
     monkeypatch.setenv("FVR_REFERENCE_DIR", str(tmp_path_factory.getbasetemp() / "no-reference-runs"))
     monkeypatch.setenv("FVR_SHARED_DATASETS", str(tmp_path_factory.getbasetemp() / "no-shared-datasets"))  # the app's list
+    monkeypatch.setenv("FVR_PREWARM_SECONDS", "0")  # no idle workers outliving a test, unless it asks
     for name in ("FVR_DEMO_MODE", "FVR_DATA", "FVR_PAGE_THREADS"):
         monkeypatch.delenv(name, raising=False)
 

@@ -41,7 +41,8 @@ def free_port() -> int:
 @pytest.fixture
 def server(tmp_path, demo_data):
     port = free_port()
-    env = {**os.environ, "FVR_DATA": str(demo_data), "PYTHONPATH": str(REPO)}
+    # the Train page prewarms a worker as it would for a user (it exits 20 s after its last run)
+    env = {**os.environ, "FVR_DATA": str(demo_data), "PYTHONPATH": str(REPO), "FVR_PREWARM_SECONDS": "20"}
     log = open(tmp_path / "streamlit.log", "w")
     started = time.time()
     proc = subprocess.Popen(

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import make_class_folders
 from fvr_core.config import TrainConfig
-from fvr_core.launcher import launch, stop, wait
+from fvr_core.launcher import launch, prewarm, stop, wait
 from fvr_core.runs import COMPLETED, INTERRUPTED, RUNNING, STOPPED, RunStore
 from fvr_core.training import resume
 
@@ -72,3 +72,14 @@ def test_killed_run_reads_interrupted_and_resumes(data, tmp_path):
     assert run.state == COMPLETED
     assert [e["epoch"] for e in run.epoch_rows()] == [1, 2, 3, 4]
     assert RunStore(tmp_path).get(run.id).test_metrics()["n"] == 6
+
+
+def test_a_prewarmed_worker_takes_the_next_run_and_then_exits(data, tmp_path):
+    store = RunStore(tmp_path)
+    worker = prewarm(tmp_path, idle_seconds=30)
+    time.sleep(1)
+    run = store.create(config(data, epochs=1))  # queued without starting a worker of its own
+    assert wait(run, timeout=120) == COMPLETED, run.status()
+    assert worker.poll() is None  # still waiting for more, up to 30 s after the run
+    worker.terminate()
+    assert worker.wait(timeout=30) is not None
