@@ -42,6 +42,22 @@ def _jpeg(x: torch.Tensor, probability: float, generator: torch.Generator) -> to
     return x
 
 
+def _downscale(x: torch.Tensor, probability: float, generator: torch.Generator, min_scale: float = 0.5) -> torch.Tensor:
+    """Shrink the chosen uint8 images by one factor in [min_scale, 1) and enlarge them back, as a
+    site's thumbnailer and a viewer do (antialiased bilinear down, bicubic up)."""
+    chosen = _per_image(x.shape[0], probability, generator, x.device)
+    if not chosen.any():
+        return x
+    scale = min_scale + (1.0 - min_scale) * float(torch.rand(1, generator=generator, device=x.device))
+    height, width = x.shape[-2:]
+    small = F.interpolate(x[chosen].float(), size=(max(1, round(height * scale)), max(1, round(width * scale))),
+                          mode="bilinear", antialias=True, align_corners=False)
+    back = F.interpolate(small, size=(height, width), mode="bicubic", align_corners=False)
+    x = x.clone()
+    x[chosen] = back.clamp_(0.0, 255.0).round_().to(x.dtype)  # bicubic overshoots at edges
+    return x
+
+
 def _flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Mirror half the images (chosen at random); the caller's tensor is left as it was."""
     chosen = _per_image(x.shape[0], 0.5, generator, x.device)
@@ -105,6 +121,8 @@ class BatchAugmenter:
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         spec, gen = self.spec, self.generator
+        if spec.downscale:  # before the JPEG: a shared photo is resized, then saved again
+            batch = _downscale(batch, spec.downscale, gen)
         if spec.jpeg:
             batch = _jpeg(batch, spec.jpeg, gen)
         if spec.flip:  # on the uint8 batch: a quarter of the bytes a float flip moves

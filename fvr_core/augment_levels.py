@@ -13,6 +13,7 @@ class AugmentSpec:
     colour: float = 0.0  # brightness/contrast/saturation jitter strength
     jpeg: float = 0.0  # probability per image of JPEG re-compression (quality 50-95)
     blur: float = 0.0  # probability per image of a Gaussian blur (sigma 0.3-1.5 px)
+    downscale: float = 0.0  # probability per image of a shrink (to 50-100 %) and enlargement back
     description: str = ""
 
 
@@ -23,7 +24,7 @@ AUGMENTATIONS: dict[str, AugmentSpec] = {
     "standard": AugmentSpec(flip=True, crop_pad=0.06, description="flip and random crop with padding"),
     "strong": AugmentSpec(flip=True, crop_pad=0.08, colour=0.2, description="flip, crop/pad and colour jitter"),
     "robust": AugmentSpec(
-        flip=True, crop_pad=0.06, jpeg=0.5, blur=0.3,
-        description="flip, crop/pad, JPEG re-compression and blur (for photos that were re-saved)",
+        flip=True, crop_pad=0.06, jpeg=0.5, blur=0.3, downscale=0.3,
+        description="flip, crop/pad, JPEG re-compression, downscaling and blur (for photos that were shared)",
     ),
 }

@@ -132,3 +132,31 @@ def probability_figure(probs: Mapping[str, float | None], unsure: tuple[float, f
     fig.update_layout(xaxis=dict(range=[0, 1], title="probability fake", tickformat=".0%"),
                       height=110 + 36 * len(names), showlegend=False, margin=dict(l=10, r=30, t=10, b=50))
     return fig
+
+
+def reliability_figure(reliability: Mapping[str, Sequence[Mapping]], title: str, ece: Mapping[str, float | None] | None = None) -> go.Figure:
+    """Reliability diagram: accuracy against confidence per bin, before and after calibration
+    (`reliability` maps "before"/"after" to fvr_core.calibration.reliability_bins rows). A
+    calibrated model's points lie on the diagonal."""
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=[0.5, 1], y=[0.5, 1], mode="lines", line=dict(dash="dot", color="#888"), name="perfect"))
+    for when, colour in (("before", "#ff7f0e"), ("after", "#2ca02c")):
+        rows = [r for r in reliability.get(when, []) if r.get("count")]
+        name = f"{when} (ECE {ece[when]:.3f})" if ece and ece.get(when) is not None else when
+        fig.add_trace(go.Scatter(
+            x=[r["mean_confidence"] for r in rows], y=[r["accuracy"] for r in rows], mode="lines+markers", name=name,
+            marker=dict(size=[6 + 14 * (r["count"] / max(1, max(x["count"] for x in rows))) ** 0.5 for r in rows], color=colour),
+            line=dict(color=colour), customdata=[r["count"] for r in rows],
+            hovertemplate="confidence %{x:.2f}<br>accuracy %{y:.2f}<br>%{customdata} images<extra></extra>"))
+    fig.update_layout(title=title, height=340, xaxis=dict(title="confidence (top class)", range=[0.48, 1.02]),
+                      yaxis=dict(title="accuracy", range=[0, 1.05]), **_LAYOUT)
+    return fig
+
+
+def robustness_figure(reports: Mapping[str, Sequence[Mapping]], metric: str = "balanced_accuracy") -> go.Figure:
+    """One line per run: `metric` on its test split under each corruption (clean first)."""
+    fig = go.Figure()
+    for name, rows in reports.items():
+        fig.add_trace(go.Scatter(x=[r["label"] for r in rows], y=[r[metric] for r in rows], mode="lines+markers", name=name))
+    fig.update_layout(height=360, yaxis=dict(title=metric.replace("_", " "), range=[0, 1.05]), title="Under corruption", **_LAYOUT)
+    return fig

@@ -123,6 +123,14 @@ def _fmt(value: Any) -> str:
     return "n/a" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
+def _print_table(rows: list[dict], columns: list[str]) -> None:
+    table = [[_fmt(row.get(c)) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in table)) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
+    for r in table:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths)))
+
+
 def _format_metrics(m: dict) -> str:
     lines = [
         f"accuracy {_fmt(m['accuracy'])}  balanced accuracy {_fmt(m['balanced_accuracy'])}  ROC AUC {_fmt(m['roc_auc'])}",
@@ -201,23 +209,109 @@ def cmd_evaluate(args) -> int:
     return EXIT_OK
 
 
-def cmd_predict(args) -> int:
+def _band(text: str) -> tuple[float, float]:
+    from .settings import parse_unsure_band
+
+    try:
+        return parse_unsure_band(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _photo_paths(items: Sequence[str]) -> list[str]:
+    """Image paths as given, with each folder replaced by the images under it."""
+    from .outside import list_photos
+
+    paths = []
+    for item in items:
+        paths += [str(p.path) for p in list_photos(item)] if Path(item).is_dir() else [item]
+    return paths
+
+
+def _predictors(run_ids: Sequence[str], runs_dir, which: str = "best") -> dict:
     from .predict import Predictor
     from .runs import RunStore
 
-    run = RunStore(args.runs_dir).get(args.run)
-    predictor = Predictor.from_run(run, which=args.checkpoint)
-    results = predictor.predict(args.images, names=args.images)
+    store = RunStore(runs_dir)
+    runs = [store.get(r) for r in run_ids]
+    return {f"{run.config.model} ({run.id})": Predictor.from_run(run, which=which) for run in runs}
+
+
+def _write_csv(rows: list[dict], path: str) -> None:
+    from .compare import predictions_csv
+
+    Path(path).write_bytes(predictions_csv(rows))
+    print(f"wrote {len(rows)} rows to {path}")
+
+
+def cmd_predict(args) -> int:
+    from .predict import predict_with_each, prepare_photos
+
+    predictors = _predictors(args.run, args.runs_dir, args.checkpoint)
+    paths = _photo_paths(args.images)
+    prepared = prepare_photos(paths, paths, face_crop=args.face_crop)
+    rows = predict_with_each(predictors, prepared, tta=args.tta, unsure_band=args.unsure_band)
+    if args.csv:
+        _write_csv(rows, args.csv)
     if args.json:
-        print(json.dumps([r.to_dict() for r in results], indent=2))
-    else:
-        width = max(len(r.source) for r in results)
-        for r in results:
-            if r.error:
-                print(f"{r.source:<{width}}  error: {r.error}")
+        print(json.dumps(rows, indent=2))
+    elif not args.csv:
+        width = max(len(f"{r['image']} [{r['face']}]") for r in rows)
+        for r in rows:
+            where = f"{r['image']} [{r['face']}]" if r["face"] else r["image"]
+            if r["error"]:
+                print(f"{where:<{width}}  error: {r['error']}")
             else:
-                print(f"{r.source:<{width}}  P(fake) = {r.prob_fake:.4f}  -> {r.label}")
-    return EXIT_DATA if any(r.error for r in results) else EXIT_OK
+                print(f"{where:<{width}}  {r['model']}  P(fake) = {r['prob_fake']:.4f}  -> {r['verdict']}")
+    return EXIT_DATA if any(r["error"] for r in rows) else EXIT_OK
+
+
+def cmd_outside(args) -> int:
+    from .outside import evaluate_folder
+
+    predictors = _predictors(args.run, args.runs_dir)
+    result = evaluate_folder(predictors, args.folder, args.labels, face_crop=args.face_crop, tta=args.tta,
+                             unsure_band=args.unsure_band)
+    for problem in result["problems"]:
+        print(f"skipped: {problem}", file=sys.stderr)
+    if args.csv:
+        _write_csv(result["table"], args.csv)
+    if args.json:
+        print(json.dumps({"scores": result["scores"], "table": result["table"], "problems": result["problems"]}, indent=2))
+        return EXIT_OK
+    columns = ["model", "photos", "accuracy", "balanced_accuracy", "roc_auc", "unsure", "correct_confident", "errors"]
+    _print_table(result["scores"], columns)
+    return EXIT_OK
+
+
+def cmd_calibrate(args) -> int:
+    from .calibration import calibrate_run
+    from .runs import RunStore
+
+    run = RunStore(args.runs_dir).get(args.run)
+    cal = calibrate_run(run, data=args.data, which=args.checkpoint)
+    if args.json:
+        print(json.dumps(cal.to_dict(), indent=2))
+        return EXIT_OK
+    test = cal.test or {}
+    print(f"run {run.id}: temperature {cal.temperature:.3f} fitted on {cal.n} validation images{' (' + cal.note + ')' if cal.note else ''}")
+    print(f"expected calibration error  validation {_fmt(cal.ece_before)} -> {_fmt(cal.ece_after)}  "
+          f"test {_fmt(test.get('ece_before'))} -> {_fmt(test.get('ece_after'))}")
+    return EXIT_OK
+
+
+def cmd_robustness(args) -> int:
+    from .robustness import evaluate_robustness
+    from .runs import RunStore
+
+    run = RunStore(args.runs_dir).get(args.run)
+    rows = evaluate_robustness(run, data=args.data, split=args.split)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    print(f"run {run.id} ({run.config.model}) on its {args.split} split under each corruption:")
+    _print_table(rows, ["label", "accuracy", "balanced_accuracy", "roc_auc", "flip_rate", "mean_abs_prob_change"])
+    return EXIT_OK
 
 
 def cmd_runs(args) -> int:
@@ -232,11 +326,7 @@ def cmd_runs(args) -> int:
         print(f"no runs in {store.root}")
         return EXIT_OK
     columns = ["run", "model", "state", "epochs", "lr", "image_size", "best_val_acc", "test_acc", "test_balanced_acc", "test_roc_auc"]
-    table = [[_fmt(row[c]) for c in columns] for row in rows]
-    widths = [max(len(c), *(len(r[i]) for r in table)) for i, c in enumerate(columns)]
-    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
-    for r in table:
-        print("  ".join(v.ljust(w) for v, w in zip(r, widths)))
+    _print_table(rows, columns)
     return EXIT_OK
 
 
@@ -282,7 +372,7 @@ def cmd_worker(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from .launcher import DEFAULT_MAX_CONCURRENT
-    from .settings import runs_root
+    from .settings import runs_root, unsure_band
 
     parser = argparse.ArgumentParser(
         prog="python -m fvr_core", description="fvr: train and use detectors of GAN-generated faces.",
@@ -326,11 +416,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--per-image", action="store_true", help="with --json: include every image's probability")
 
-    p = command("predict", cmd_predict, "probability that each image is fake")
+    def photo_options(p):
+        p.add_argument("--no-face-crop", dest="face_crop", action="store_false",
+                       help="judge the whole image instead of each face found in it")
+        p.add_argument("--tta", action="store_true", help="also judge the mirror image and average (test-time augmentation)")
+        p.add_argument("--unsure-band", type=_band, default=unsure_band(), metavar="LOW,HIGH",
+                       help="calibrated P(fake) inside this band is reported as unsure (default: %(default)s)")
+        p.add_argument("--csv", help="write every row to this CSV file")
+        p.add_argument("--json", action="store_true")
+
+    p = command("predict", cmd_predict, "probability that each face in each image is fake (folders: every image in them)")
+    runs_dir(p)
+    p.add_argument("run", nargs=1, help="run id (or a unique part of it)")
+    p.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER")
+    p.add_argument("--checkpoint", default="best", choices=("best", "last"))
+    photo_options(p)
+
+    p = command("outside", cmd_outside, "evaluate runs on a labelled folder of outside photos (csv of file,label, or fake/ and real/)")
+    runs_dir(p)
+    p.add_argument("folder")
+    p.add_argument("--run", action="append", required=True, help="run id; repeat to compare several runs")
+    p.add_argument("--labels", help="csv with columns file,label (default: labels.csv in the folder, else fake/ and real/ subfolders)")
+    photo_options(p)
+
+    p = command("calibrate", cmd_calibrate, "fit a run's temperature on its validation split (runs do this when they finish)")
     runs_dir(p)
     p.add_argument("run")
-    p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--checkpoint", default="best", choices=("best", "last"))
+    p.add_argument("--checkpoint", default="best", choices=("best", "last"), help="predictions use best's calibration")
+    p.add_argument("--data", help="where the run's data set lives now")
+    p.add_argument("--json", action="store_true")
+
+    p = command("robustness", cmd_robustness, "a run's test metrics under JPEG re-compression, downscaling and blur")
+    runs_dir(p)
+    p.add_argument("run")
+    p.add_argument("--data", help="where the run's data set lives now")
+    p.add_argument("--split", default="test", choices=("test", "val"))
     p.add_argument("--json", action="store_true")
 
     p = command("runs", cmd_runs, "list runs with their state and metrics")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import io
 import zipfile
-from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -129,3 +128,29 @@ def predictions_csv(rows: Iterable[dict[str, Any]]) -> bytes:
         writer.writeheader()
         writer.writerows(rows)
     return buffer.getvalue().encode("utf-8")
+
+
+def calibration_table(runs: Iterable[Run], labels: dict[str, str] | None = None) -> pd.DataFrame:
+    """Per run: the fitted temperature and the expected calibration error before and after, on
+    the validation split it was fitted on and on the test split it never saw."""
+    from .calibration import load_calibration
+
+    rows = []
+    for run in runs:
+        cal = load_calibration(run)
+        if cal is None:
+            continue
+        test = cal.test or {}
+        rows.append({
+            "run": (labels or {}).get(run.id, run.id), "temperature": cal.temperature,
+            "val_ece_before": cal.ece_before, "val_ece_after": cal.ece_after,
+            "test_ece_before": test.get("ece_before"), "test_ece_after": test.get("ece_after"), "note": cal.note,
+        })
+    return pd.DataFrame(rows)
+
+
+def robustness_table(reports: dict[str, list[dict[str, Any]]]) -> pd.DataFrame:
+    """One row per (run, corruption) from robustness reports keyed by run label."""
+    columns = ["corruption", "accuracy", "balanced_accuracy", "roc_auc", "flip_rate", "verdict_change_rate", "mean_abs_prob_change"]
+    return pd.DataFrame([{"run": name, **{c: row.get(c) for c in columns}, "corruption": row["label"]}
+                         for name, rows in reports.items() for row in rows])

@@ -52,22 +52,27 @@ def known_datasets(limits: AppLimits | None = None) -> dict[str, Path]:
     return found
 
 
-def resolve_user_path(text: str, limits: AppLimits | None = None) -> Path:
-    """A folder a user typed, as a data set root; DataError naming the path if it is not one, or if
-    this app (demo mode) does not let visitors read folders outside its data root."""
+def resolve_user_folder(text: str, limits: AppLimits | None = None, what: str = "a folder of photos") -> Path:
+    """A folder a user typed; DataError naming the path if it is no folder, or if this app (demo
+    mode) does not let visitors read folders outside its data root."""
     text = (text or "").strip().strip('"').strip("'")
     if not text:
-        raise DataError("no folder given: type the path of a folder holding fake/ and real/")
+        raise DataError(f"no folder given: type the path of {what}")
     path = Path(text).expanduser().resolve()
     if limits is not None and not limits.allow_paths:
         allowed = settings.data_root().resolve()
         if path != allowed and allowed not in path.parents:
-            raise DataError(f"this app only reads data sets under its data folder ({allowed}); upload a zip instead")
+            raise DataError(f"this app only reads folders under its data folder ({allowed}); upload a zip instead")
     if not path.exists():
-        raise DataError(f"{path} does not exist: check the spelling, or use the demo set or an upload")
+        raise DataError(f"{path} does not exist: check the spelling, or upload a zip")
     if not path.is_dir():
-        raise DataError(f"{path} is a file: give the folder that holds fake/ and real/ (or upload a zip)")
-    return find_dataset_root(path)
+        raise DataError(f"{path} is a file: give {what} (or upload a zip)")
+    return path
+
+
+def resolve_user_path(text: str, limits: AppLimits | None = None) -> Path:
+    """A folder a user typed, as a data set root (see resolve_user_folder)."""
+    return find_dataset_root(resolve_user_folder(text, limits, "a folder holding fake/ and real/"))
 
 
 def default_dataset(runs: Sequence[Run], limits: AppLimits | None = None) -> Path | None:

@@ -4,7 +4,7 @@ own or another data set. The metrics themselves live in fvr_core.metrics (numpy 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,21 +49,31 @@ def prob_fake_from_logits(logits: torch.Tensor) -> np.ndarray:
     return torch.softmax(logits.float(), dim=1)[:, FAKE].numpy()
 
 
-def evaluate_run(run, data: str | Path | None = None, split: str = "test", which: str = "best", device: str = "cpu") -> dict[str, Any]:
-    """Metrics of a run's checkpoint on its saved split ('test' or 'val') or on every image of a
-    labelled data set ('all'). `data` overrides where the data set lives now."""
+def load_run_model_and_data(run, data=None, which: str = "best", device: str = "cpu"):
+    """(model, ImageSet) of a run's checkpoint and the data set it was trained on, decoded at the
+    checkpoint's image size. `data` overrides where the data set lives now."""
     from .checkpoint import load_checkpoint
     from .dataset import load_dataset
 
-    config = run.config
     model, meta = load_checkpoint(run.checkpoint(which), device=device)
-    image_set = load_dataset(data or config.data, meta.get("image_size", config.image_size))
+    image_set = load_dataset(data or run.config.data, meta.get("image_size", run.config.image_size))
+    return model, image_set
+
+
+def run_split_indices(run, image_set, split: str) -> np.ndarray:
+    """Positions in `image_set` of a run's saved split ('train', 'val', 'test') or of every image ('all')."""
     if split == "all":
-        indices = np.arange(len(image_set))
-    elif split in ("train", "val", "test"):
-        indices = image_set.indices_of(run.split()[split])
-    else:
-        raise ValueError(f"split {split!r}: choose test, val, train or all")
+        return np.arange(len(image_set))
+    if split in ("train", "val", "test"):
+        return image_set.indices_of(run.split()[split])
+    raise ValueError(f"split {split!r}: choose test, val, train or all")
+
+
+def evaluate_run(run, data: str | Path | None = None, split: str = "test", which: str = "best", device: str = "cpu") -> dict[str, Any]:
+    """Metrics of a run's checkpoint on its saved split ('test' or 'val') or on every image of a
+    labelled data set ('all'). `data` overrides where the data set lives now."""
+    model, image_set = load_run_model_and_data(run, data, which, device)
+    indices = run_split_indices(run, image_set, split)
     logits = predict_logits(model, image_set.images, indices, device=device)
     probs = prob_fake_from_logits(logits)
     labels = image_set.labels[indices]

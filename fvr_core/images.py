@@ -6,6 +6,7 @@ both sides of a model see identically processed pixels.
 
 from __future__ import annotations
 
+import base64
 import io
 import warnings
 from pathlib import Path
@@ -112,3 +113,12 @@ def prepare_image(source: ImageSource | Image.Image, size: int) -> np.ndarray:
     img = source if isinstance(source, Image.Image) else load_rgb(source)
     img = resize_center_crop(_to_rgb(img), size)
     return np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1))
+
+
+def thumbnail_data_uri(img: Image.Image, size: int = 96) -> str:
+    """A small PNG of `img` as a data URI (image columns of a table take these)."""
+    thumb = img.copy()
+    thumb.thumbnail((size, size))
+    buffer = io.BytesIO()
+    thumb.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()

@@ -48,7 +48,7 @@ class ModelSpec:
     builder: Callable[[bool], nn.Module]  # builder(pretrained) -> model with a 2-class head
     default_image_size: int
     min_image_size: int
-    saliency_layer: str  # module name for Grad-CAM: the last layer with a spatial feature map
+    saliency_layer: str  # module name for Grad-CAM: the activation after the last convolution (spatial, before pooling)
     pretrained_available: bool
     description: str
 

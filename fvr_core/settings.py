@@ -108,3 +108,25 @@ def worker_idle_seconds() -> float:
     default 120; 0 turns prewarming off). It loads torch while the user picks settings, so the
     first curve of a run appears seconds sooner."""
     return max(0.0, float(_env_int("FVR_PREWARM_SECONDS", 120)))
+
+
+# calibrated P(fake) inside this band is reported as "unsure" instead of a verdict
+DEFAULT_UNSURE_BAND: tuple[float, float] = (0.35, 0.65)
+
+
+def parse_unsure_band(text: str, where: str = "unsure band") -> tuple[float, float]:
+    """"low,high" -> (low, high); ValueError naming `where` unless 0 <= low <= 0.5 <= high <= 1."""
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"{where} {text!r} must be two probabilities, e.g. 0.35,0.65") from None
+    if not 0.0 <= low <= 0.5 <= high <= 1.0:
+        raise ValueError(f"{where} {text!r} must hold 0.5, within 0 to 1 (e.g. 0.35,0.65)")
+    return low, high
+
+
+def unsure_band() -> tuple[float, float]:
+    """The calibrated P(fake) range reported as "unsure" rather than a verdict: FVR_UNSURE_BAND
+    ("low,high", default 0.35,0.65)."""
+    text = os.environ.get("FVR_UNSURE_BAND", "").strip()
+    return parse_unsure_band(text, "environment variable FVR_UNSURE_BAND") if text else DEFAULT_UNSURE_BAND

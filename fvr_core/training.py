@@ -26,6 +26,7 @@ from torch import nn
 
 from . import distributed
 from .augment import BatchAugmenter
+from .calibration import calibration_from_logits, save_calibration
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .dataset import load_dataset, require_trainable, split_ids
@@ -349,10 +350,13 @@ class Trainer:
         self.scheduler.step()
         return loss.detach(), logits.detach(), grad_norm.detach()
 
-    def _evaluate(self, split: str) -> tuple[dict[str, Any], np.ndarray, float]:
+    def _logits(self, split: str) -> torch.Tensor:
+        return predict_logits(self.model, self.data.images, self.split_idx[split], batch_size=max(64, self.config.batch_size),
+                              device=self.device, autocast_dtype=self.autocast_dtype)
+
+    def _evaluate(self, split: str, logits: torch.Tensor | None = None) -> tuple[dict[str, Any], np.ndarray, float]:
         idx = self.split_idx[split]
-        logits = predict_logits(self.model, self.data.images, idx, batch_size=max(64, self.config.batch_size),
-                                device=self.device, autocast_dtype=self.autocast_dtype)
+        logits = self._logits(split) if logits is None else logits
         labels = self.data.labels[idx]
         loss = float(nn.functional.cross_entropy(logits, torch.from_numpy(labels))) if len(idx) else math.nan
         probs = prob_fake_from_logits(logits)
@@ -414,7 +418,8 @@ class Trainer:
     def _test_best(self) -> dict[str, Any]:
         model, meta = load_checkpoint(self.run.path / "best.safetensors", device=self.device)
         self.model = model
-        metrics, probs, loss = self._evaluate("test")
+        test_logits = self._logits("test")
+        metrics, probs, loss = self._evaluate("test", test_logits)
         metrics.update(loss=loss, best_epoch=meta.get("epoch"), checkpoint="best")
         ids = [self.data.ids[i] for i in self.split_idx["test"]]
         labels = self.data.labels[self.split_idx["test"]]
@@ -425,7 +430,16 @@ class Trainer:
             writer.writerow([image_id, CLASSES[int(label)], f"{p:.6f}", CLASSES[0] if p >= 0.5 else CLASSES[1]])
         atomic_write_text(self.run.path / "test_predictions.csv", buffer.getvalue())
         atomic_write_json(self.run.path / "test_metrics.json", metrics)
+        self._calibrate(test_logits)
         return metrics
+
+    def _calibrate(self, test_logits: torch.Tensor) -> None:
+        """Fit the best checkpoint's temperature on the validation split (and measure it on the
+        test split), so predictions report calibrated probabilities."""
+        val, test = self.split_idx["val"], self.split_idx["test"]
+        calibration = calibration_from_logits(self._logits("val").numpy(), self.data.labels[val],
+                                              test_logits.numpy(), self.data.labels[test])
+        save_calibration(self.run, calibration)
 
 
 def train(config: TrainConfig, runs_dir: str | Path | None = None, progress: ProgressFn | None = None) -> Run:

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import streamlit as st
 
+from PIL import Image
+
 from fvr_core.datasources import default_dataset, overview
 from fvr_core.runs import Run, all_runs
-from fvr_core.settings import AppLimits, app_limits, page_threads
+from fvr_core.settings import CLASSES, AppLimits, app_limits, page_threads
 
 DATA_KEY = "data_path"
 WATCH_KEY = "watch_run"
@@ -40,10 +42,16 @@ def data_overview(path: str, fractions: tuple[float, float, float], seed: int):
 
 
 @st.cache_resource(max_entries=12, show_spinner="Loading the model...")
-def _predictor(checkpoint: str, modified: float):
+def _predictor(checkpoint: str, version: tuple[float, float]):
     from fvr_core.predict import Predictor  # torch loads here, not for the first page
 
     return Predictor.from_checkpoint(checkpoint)
+
+
+def _version(run: Run) -> tuple[float, float]:
+    """When the weights and their metadata (which carries the calibration) last changed."""
+    path = run.checkpoint("best")
+    return path.stat().st_mtime, path.with_suffix(".json").stat().st_mtime
 
 
 def predictor(run: Run):
@@ -52,8 +60,26 @@ def predictor(run: Run):
     import torch
 
     torch.set_num_threads(page_threads())
-    path = run.checkpoint("best")
-    return _predictor(str(path), path.stat().st_mtime)
+    return _predictor(str(run.checkpoint("best")), _version(run))
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def prepared_photo(data: bytes, name: str, face_crop: bool):
+    """A photo decoded and its faces found once, not again on every rerun of the page."""
+    from fvr_core.predict import prepare_photo
+
+    return prepare_photo(data, name, face_crop)
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def _heatmap(checkpoint: str, version: tuple[float, float], image: Image.Image, target: str):
+    picture, found = _predictor(checkpoint, version).saliency_picture(image, target=CLASSES.index(target))
+    return picture, "empty map: no region raised this score" if found.empty else ""
+
+
+def heatmap_overlay(run: Run, image: Image.Image, target: str) -> tuple[Image.Image, str]:
+    """The run's Grad-CAM map for `target` over a face, and a note when the map is empty."""
+    return _heatmap(str(run.checkpoint("best")), _version(run), image, target)
 
 
 def run_label(run: Run) -> str:

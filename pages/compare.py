@@ -1,11 +1,17 @@
 """Compare: every run in one sortable, filterable table; overlay the curves of chosen runs, their
 test confusion matrices and ROC curves, test metrics against the original write-up's figures,
+reliability diagrams before and after calibration, robustness under JPEG, downscaling and blur,
 and downloads of the table and of a run's checkpoint."""
 
 import streamlit as st
 
-from fvr_core.charts import METRIC_LABELS, confusion_figure, overlay_figure, roc_figure, test_metrics_figure
-from fvr_core.compare import ORIGINAL_WRITEUP_VAL_ACC, checkpoint_archive, comparison_table, table_csv, test_curves
+from fvr_core.calibration import calibrate_run, load_calibration
+from fvr_core.charts import (METRIC_LABELS, confusion_figure, overlay_figure, reliability_figure, robustness_figure, roc_figure,
+                             test_metrics_figure)
+from fvr_core.compare import (ORIGINAL_WRITEUP_VAL_ACC, calibration_table, checkpoint_archive, comparison_table, robustness_table,
+                              table_csv, test_curves)
+from fvr_core.dataset import DataError
+from fvr_core.robustness import CORRUPTIONS, evaluate_robustness, load_robustness
 from fvr_core.runs import ACTIVE_STATES, RunError, RunStore
 from pages._common import demo_banner, limits, run_label, runs
 
@@ -88,6 +94,51 @@ else:
                                          key=f"cm_{run.id}")
     if curves:
         st.plotly_chart(roc_figure(curves, aucs), width="stretch")
+
+st.subheader("Calibration")
+st.caption("Each run fits a temperature on its validation split when it finishes, so that a predicted 80 % "
+           "fake is right about 80 % of the time. Points on the diagonal are calibrated; the expected "
+           "calibration error (ECE) is the average gap, weighted by the images in each bin.")
+calibrated = {r.id: load_calibration(r) for r in tested}
+uncalibrated = [r for r in tested if calibrated[r.id] is None and not r.is_reference]
+if uncalibrated and st.button(f"Calibrate {len(uncalibrated)} run(s) trained before calibration existed"):
+    with st.spinner("Fitting temperatures on the validation splits..."):
+        for run in uncalibrated:
+            try:
+                calibrated[run.id] = calibrate_run(run)
+            except (RunError, DataError, OSError, ValueError) as exc:
+                st.error(f"{labels[run.id]}: {exc}")
+if any(calibrated.values()):
+    st.dataframe(calibration_table([r for r in tested if calibrated[r.id]], labels), hide_index=True, width="stretch")
+    cols = st.columns(2)
+    for i, run in enumerate(r for r in tested if calibrated[r.id]):
+        cal = calibrated[run.id]
+        split = "test" if "test" in cal.reliability else "val"
+        ece = (cal.test or {}) if split == "test" else {"before": cal.ece_before, "after": cal.ece_after}
+        cols[i % 2].plotly_chart(reliability_figure(cal.reliability[split], f"{labels[run.id]} ({split} split)",
+                                                    {"before": ece.get("ece_before"), "after": ece.get("ece_after")}),
+                                 width="stretch", key=f"rel_{run.id}")
+
+st.subheader("Robustness")
+st.caption("The test split again after JPEG re-compression, a downscale by half and back, and a blur: the edits "
+           "a photo goes through when shared. A detector whose answers flip under them reads file traces, not faces.")
+reports = {r.id: load_robustness(r) for r in tested}
+missing = [r for r in tested if reports[r.id] is None and not r.is_reference]
+if missing and st.button(f"Evaluate {len(missing)} run(s) under corruption",
+                         help="runs each chosen model over its test split once per corruption, in this page's process"):
+    for run in missing:
+        try:
+            with st.spinner(f"{labels[run.id]}: test split under {len(CORRUPTIONS) - 1} corruptions..."):
+                evaluate_robustness(run)
+            reports[run.id] = load_robustness(run)
+        except (RunError, DataError, OSError, ValueError) as exc:
+            st.error(f"{labels[run.id]}: {exc}")
+done = {labels[i]: rep["rows"] for i, rep in reports.items() if rep}
+if done:
+    st.plotly_chart(robustness_figure(done), width="stretch")
+    st.dataframe(robustness_table(done), hide_index=True, width="stretch", column_config={
+        c: st.column_config.NumberColumn(format="percent")
+        for c in ("accuracy", "balanced_accuracy", "flip_rate", "verdict_change_rate", "mean_abs_prob_change")})
 
 st.subheader("Checkpoint")
 with_weights = [r for r in chosen if (r.path / "best.safetensors").is_file()]

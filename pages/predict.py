@@ -1,21 +1,28 @@
-"""Predict: upload photos, pick trained runs (or the best run of each model), and see each
-model's probability that each photo is fake; download every prediction as CSV."""
+"""Predict: upload photos, pick trained runs (or the best run of each model), and see, for every
+face found, each model's calibrated probability that it is fake, its verdict (or "unsure") and
+a saliency map; evaluate a labelled set of outside photos; predict a whole folder to CSV."""
 
 import streamlit as st
 
+from fvr_core.archive import ArchiveError, ArchiveLimits, extract_dataset_zip
 from fvr_core.charts import probability_figure
 from fvr_core.compare import best_run_per_model, predictable_runs, predictions_csv
-from fvr_core.images import ImageError, load_rgb
-from fvr_core.predict import predict_with_each
+from fvr_core.dataset import DataError
+from fvr_core.images import thumbnail_data_uri as thumbnail_uri
+from fvr_core.datasources import resolve_user_folder
+from fvr_core.outside import OutsideError, labelled_photos, list_photos, unwrap
 from fvr_core.runs import RunError
-from pages._common import demo_banner, limits, predictor, run_label, runs
+from fvr_core.settings import unsure_band
+from pages._common import demo_banner, heatmap_overlay, limits, predictor, prepared_photo, run_label, runs
 
 st.title("Predict")
 demo_banner()
 lim = limits()
-st.write("Upload face photos of any size: each is resized and centre-cropped to the model's input, never "
-         "stretched. A model trained on one generator's faces may not recognise another's: read the "
-         "probabilities as that model's opinion, not as proof.")
+st.write("Upload photos of any size. Each face is found and cropped as the training faces were (a photo "
+         "with no face found is judged whole, and the result says so), then scaled, never stretched. "
+         "Probabilities are calibrated on each run's validation split; inside the unsure band the answer "
+         "is \"unsure\". A model trained on one generator's faces may not recognise another's: read the "
+         "answers as that model's opinion, not as proof.")
 
 candidates = predictable_runs(runs())
 if not candidates:
@@ -33,47 +40,154 @@ if use_best and best:
 else:
     chosen_ids = st.multiselect("Runs", list(by_id), default=list(by_id)[:1], format_func=lambda i: run_label(by_id[i]))
     chosen = [by_id[i] for i in chosen_ids]
-
-uploads = st.file_uploader("Photos (jpg, png, webp)", type=["jpg", "jpeg", "png", "webp"], accept_multiple_files=True,
-                           max_upload_size=lim.max_upload_mb, key="photos")
 if not chosen:
     st.info("Choose at least one run.")
     st.stop()
-if not uploads:
-    st.info("Upload one or more photos to see what the models say.")
-    st.stop()
-if len(uploads) > lim.max_upload_files:
-    st.warning(f"{len(uploads)} photos uploaded: this app looks at the first {lim.max_upload_files}.")
-    uploads = uploads[: lim.max_upload_files]
 
-predictors = {}
+options = st.columns(3)
+face_crop = options[0].toggle("Find and crop faces", value=True, help="off: judge the whole photo, centre-cropped")
+tta = options[1].toggle("Mirror test-time augmentation", value=False,
+                        help="also judge the mirrored photo and average the two (twice the work)")
+show_saliency = options[2].toggle("Saliency maps", value=True,
+                                  help="Grad-CAM: where in the face each model found the evidence for its answer")
+band = st.slider("Unsure band (calibrated probability of fake)", 0.0, 1.0, value=unsure_band(), step=0.05,
+                 help="a probability inside this band is reported as unsure instead of fake or real")
+if not band[0] <= 0.5 <= band[1]:
+    st.warning("The unsure band must contain 50 %: using the default.")
+    band = unsure_band()
+
+predictors, runs_by_label = {}, {}
 for run in chosen:
+    label = run_label(run).split(" (")[0]
     try:
-        predictors[run_label(run).split(" (")[0]] = predictor(run)
+        predictors[label] = predictor(run)
+        runs_by_label[label] = run
     except (RunError, OSError, ValueError) as exc:
         st.error(f"Cannot load {run.id}: {exc}")
 if not predictors:
     st.stop()
 
-names = [u.name for u in uploads]
-data = [u.getvalue() for u in uploads]
-with st.spinner(f"Asking {len(predictors)} model(s) about {len(uploads)} photo(s)..."):
-    rows = predict_with_each(predictors, data, names)
 
-st.download_button("Download all predictions (CSV)", predictions_csv(rows), file_name="fvr-predictions.csv",
-                   mime="text/csv", icon=":material/download:")
-for i, (name, raw) in enumerate(zip(names, data)):
-    mine = [r for r in rows if r["image"] == name]
-    left, right = st.columns([1, 3])
+def verdict_text(row: dict) -> str:
+    if row["error"]:
+        return f"{row['model']}: error ({row['error']})"
+    return f"**{row['model']}**: {row['verdict']} ({row['prob_fake']:.0%} fake)"
+
+
+def show_photo(i: int, photo, rows: list[dict]) -> None:
+    from fvr_core.predict import annotate
+
+    st.subheader(photo.name, divider="gray")
+    if photo.error:
+        st.error(f"{photo.name}: {photo.error}")
+        return
+    for subject in photo.subjects:
+        mine = [r for r in rows if r["face_index"] == subject.index]
+        left, middle, right = st.columns([1, 1, 2])
+        if subject.index == 0:
+            left.image(annotate(photo), caption="original", width="stretch")
+        middle.image(subject.image, caption=subject.description, width="stretch")
+        right.plotly_chart(probability_figure({r["model"]: r["prob_fake"] for r in mine}, band), width="stretch",
+                           key=f"p_{i}_{subject.index}")
+        right.markdown("  \n".join(verdict_text(r) for r in mine))
+        if show_saliency:
+            maps = st.columns(4)  # a quarter of the width each, as many rows as models need
+            for j, row in enumerate(mine):
+                if row["prob_fake"] is None:
+                    continue
+                target = "fake" if row["prob_fake"] >= 0.5 else "real"
+                image, note = heatmap_overlay(runs_by_label[row["model"]], subject.image, target)
+                maps[j % len(maps)].image(image, caption=f"{row['model']}: evidence for \"{target}\"" + (f" ({note})" if note else ""), width="stretch")
+
+
+def choose_folder(key: str) -> object:
+    """A folder from an uploaded zip or (outside demo mode) a typed path; None until chosen."""
+    sources = ["Upload a zip"] + (["Folder path"] if lim.allow_paths else [])
+    source = st.segmented_control("Photos from", sources, default=sources[0], key=f"{key}_source")
     try:
-        left.image(load_rgb(raw), caption=name, width="stretch")
-    except ImageError as exc:
-        left.error(f"{name}: {exc}")
-        continue
-    errors = {r["error"] for r in mine if r["error"]}
-    if errors:
-        right.error(f"{name}: {'; '.join(errors)}")
-        continue
-    right.plotly_chart(probability_figure({r["model"]: r["prob_fake"] for r in mine}), width="stretch", key=f"p_{i}")
-    verdicts = ", ".join(f"{r['model']}: {r['prob_fake']:.0%} fake" for r in mine)
-    right.caption(verdicts)
+        if source == "Folder path":
+            text = st.text_input("Folder", placeholder="/path/to/photos", key=f"{key}_path")
+            return unwrap(resolve_user_folder(text, lim)) if text else None
+        upload = st.file_uploader("Zip of photos", type=["zip"], key=f"{key}_zip", max_upload_size=lim.max_upload_mb)
+        return unwrap(extract_dataset_zip(upload, limits=ArchiveLimits())) if upload is not None else None
+    except (ArchiveError, DataError, OutsideError) as exc:
+        st.error(str(exc))
+        return None
+
+
+photos_tab, labelled_tab, folder_tab = st.tabs(["Photos", "Labelled set", "Folder to CSV"])
+
+with photos_tab:
+    uploads = st.file_uploader("Photos (jpg, png, webp)", type=["jpg", "jpeg", "png", "webp"], accept_multiple_files=True,
+                               max_upload_size=lim.max_upload_mb, key="photos")
+    if not uploads:
+        st.info("Upload one or more photos to see what the models say.")
+    else:
+        if len(uploads) > lim.max_upload_files:
+            st.warning(f"{len(uploads)} photos uploaded: this app looks at the first {lim.max_upload_files}.")
+            uploads = uploads[: lim.max_upload_files]
+        from fvr_core.predict import predict_with_each
+
+        with st.spinner(f"Finding faces and asking {len(predictors)} model(s) about {len(uploads)} photo(s)..."):
+            prepared = [prepared_photo(u.getvalue(), u.name, face_crop) for u in uploads]
+            rows = predict_with_each(predictors, prepared, tta, band)
+        st.download_button("Download all predictions (CSV)", predictions_csv(rows), file_name="fvr-predictions.csv",
+                           mime="text/csv", icon=":material/download:")
+        for i, photo in enumerate(prepared):
+            show_photo(i, photo, [r for r in rows if r["image"] == photo.name])
+
+with labelled_tab:
+    st.caption("Photos with known answers, like the original write-up's 32 outside photos: a zip or folder with a "
+               "labels.csv (columns file,label; label fake or real) or with fake/ and real/ subfolders. A photo "
+               "counts once, by its largest face.")
+    folder = choose_folder("labelled")
+    if folder is not None:
+        try:
+            photos, problems = labelled_photos(folder)
+        except OutsideError as exc:
+            st.error(str(exc))
+            photos, problems = [], []
+        if photos:
+            photos = photos[: lim.max_upload_files]
+            for problem in problems:
+                st.warning(problem)
+            from fvr_core.outside import evaluate_labelled, predict_photos
+
+            with st.spinner(f"Judging {len(photos)} labelled photos..."):
+                prepared, rows = predict_photos(predictors, photos, face_crop, tta, band)
+                scores, table = evaluate_labelled(rows, photos)
+            st.dataframe(scores, hide_index=True, width="stretch", column_config={
+                c: st.column_config.NumberColumn(format="percent") for c in ("accuracy", "balanced_accuracy")})
+            crops = {p.name: p.subjects[0].image for p in prepared if p.subjects}
+            for row in table:
+                row["crop"] = thumbnail_uri(crops[row["image"]]) if row["image"] in crops else None
+                if show_saliency and row["prob_fake"] is not None:
+                    target = "fake" if row["prob_fake"] >= 0.5 else "real"
+                    row["heatmap"] = thumbnail_uri(heatmap_overlay(runs_by_label[row["model"]], crops[row["image"]], target)[0])
+            columns = ["crop", "heatmap", "image", "model", "truth", "verdict", "prob_fake", "correct", "face", "error"]
+            st.dataframe([{c: r.get(c) for c in columns} for r in table], hide_index=True, width="stretch", row_height=72,
+                         column_config={"crop": st.column_config.ImageColumn("crop"),
+                                        "heatmap": st.column_config.ImageColumn("saliency"),
+                                        "prob_fake": st.column_config.ProgressColumn("P(fake)", min_value=0.0, max_value=1.0, format="percent")})
+            st.download_button("Download the table (CSV)", predictions_csv([{c: r.get(c) for c in columns[2:]} for r in table]),
+                               file_name="fvr-outside-evaluation.csv", mime="text/csv", icon=":material/download:")
+
+with folder_tab:
+    st.caption("Every photo in a zip or folder through the chosen models, one row per face and model, as CSV.")
+    folder = choose_folder("batch")
+    if folder is not None:
+        try:
+            photos = list_photos(folder)[: lim.max_upload_files]
+        except OutsideError as exc:
+            st.error(str(exc))
+            photos = []
+        if not photos:
+            st.warning(f"No photos in {folder.name}.")
+        elif st.button(f"Predict {len(photos)} photos", type="primary"):
+            from fvr_core.outside import predict_photos
+
+            with st.spinner(f"Judging {len(photos)} photos..."):
+                _, rows = predict_photos(predictors, photos, face_crop, tta, band)
+            st.download_button("Download predictions (CSV)", predictions_csv(rows), file_name="fvr-folder-predictions.csv",
+                               mime="text/csv", icon=":material/download:", type="primary", on_click="ignore")
+            st.dataframe(rows, hide_index=True, width="stretch")

@@ -132,11 +132,40 @@ def test_dashboard_in_a_real_browser(server, browser, tmp_path, demo_data):
     open_page(page, f"{url}/predict")
     photo = tmp_path / "synthetic face.jpg"  # a demo-set fake, enlarged: any size is accepted
     Image.open(sorted((demo_data / "fake").iterdir())[0]).resize((400, 400)).save(photo)
-    page.locator("input[type=file]").set_input_files(str(photo))
-    # the caption under the bars (the bars' own SVG labels say "% fake" too)
-    caption = page.locator("[data-testid='stCaptionContainer']", has_text="% fake").first
-    caption.wait_for(timeout=60_000)
-    text = caption.inner_text()
-    probability = float(text.split(":")[-1].split("%")[0])
+    page.locator("input[type=file]").first.set_input_files(str(photo))
+    probability = verdict_probability(page)
     assert 0 <= probability <= 100
+    page.get_by_text('evidence for "').first.wait_for()  # the saliency map comes last
+    page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=60_000)
     shot(page, "predict")
+
+
+def verdict_probability(page) -> float:
+    """The percentage in the first verdict line ("**cnn ...**: fake (63% fake)") once it shows."""
+    verdict = page.locator("[data-testid='stMarkdownContainer']", has_text="% fake)").first
+    verdict.wait_for(timeout=60_000)
+    return float(verdict.inner_text().split("(")[-1].split("%")[0])
+
+
+def test_predict_shows_the_face_crop_heatmap_and_probability(server, browser, tmp_path, demo_data, shared_faces):
+    """A real face in a wide photo: the page shows the crop beside the photo, a saliency map and
+    the calibrated probability (nothing of it is saved: the shared faces stay out of the repo)."""
+    from fvr_core.config import TrainConfig
+    from fvr_core.training import train
+
+    train(TrainConfig(data=str(demo_data), model="cnn", epochs=1, image_size=32, batch_size=16))
+    url, _ = server
+    canvas = Image.new("RGB", (1000, 560), (120, 130, 140))
+    canvas.paste(Image.open(shared_faces / "real" / "3.jpg"), (600, 150))
+    photo = tmp_path / "wide photo.jpg"
+    canvas.save(photo)
+
+    page = browser.new_page(viewport=VIEWPORT)
+    page.set_default_timeout(60_000)
+    open_page(page, f"{url}/predict")
+    page.locator("input[type=file]").first.set_input_files(str(photo))
+    assert 0 <= verdict_probability(page) <= 100
+    expect(page.get_by_text("face", exact=True)).to_be_visible()  # the crop's caption
+    expect(page.get_by_text('evidence for "').first).to_be_visible()  # the saliency map's caption
+    images = page.locator("[data-testid='stImage'] img")
+    assert images.count() >= 3  # the photo with its face box, the crop, the heatmap

@@ -90,12 +90,49 @@ def test_predict_prints_probabilities_and_survives_a_broken_file(trained, tmp_pa
     result = fvr("predict", run_dir.name, str(good), str(wide), str(broken), "--runs-dir", str(runs), "--json")
     assert result.returncode == cli.EXIT_DATA
     rows = json.loads(result.stdout)
+    assert [r["image"] for r in rows] == [str(good), str(wide), str(broken)]
     assert [r["error"] is None for r in rows] == [True, True, False]
-    assert all(0 <= r["prob_fake"] <= 1 for r in rows[:2])
+    assert [r["face"] for r in rows[:2]] == ["face", "no face found: whole image"]
+    assert all(0 <= r["prob_fake"] <= 1 and r["verdict"] in ("fake", "real", "unsure") for r in rows[:2])
     assert "not an image" in rows[2]["error"]
 
 
-@pytest.mark.parametrize("command", ["train", "evaluate", "predict", "runs", "download", "resume", "stop", "delete", "demo-data", "models"])
+def test_predict_a_folder_to_csv_and_evaluate_a_labelled_folder(trained, tmp_path):
+    import csv
+    import shutil
+
+    from conftest import SHARED_FACES
+
+    runs, run_dir, _ = trained
+    photos = tmp_path / "outside"
+    photos.mkdir()
+    names = {"fake/fake_1.jpg": "fake", "fake/fake_2.jpg": "fake", "real/1.jpg": "real", "real/2.jpg": "real"}
+    for source, label in names.items():
+        shutil.copy(SHARED_FACES / source, photos / f"{label} {Path(source).name}")
+    (photos / "labels.csv").write_text("file,label\n" + "".join(f"{label} {Path(s).name},{label}\n" for s, label in names.items())
+                                       + "missing.jpg,fake\n")
+    out = tmp_path / "predictions.csv"
+    result = fvr("predict", run_dir.name, str(photos), "--runs-dir", str(runs), "--csv", str(out), "--tta")
+    assert result.returncode == 0, result.stderr
+    with open(out, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert sorted(Path(r["image"]).name for r in rows) == sorted(f"{label} {Path(s).name}" for s, label in names.items())
+    assert all(r["face"] == "face" and 0 <= float(r["prob_fake"]) <= 1 for r in rows)
+
+    result = fvr("outside", str(photos), "--run", run_dir.name, "--runs-dir", str(runs), "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    (score,) = report["scores"]
+    assert score["photos"] == 4 and 0 <= score["accuracy"] <= 1
+    assert {r["truth"] for r in report["table"]} == {"fake", "real"}
+    table = report["table"]
+    assert score["accuracy"] == pytest.approx(sum((r["prob_fake"] >= 0.5) == (r["truth"] == "fake") for r in table) / 4)
+    assert score["correct_confident"] == sum(r["correct"] is True for r in table)
+    assert score["unsure"] == sum(r["verdict"] == "unsure" for r in table)
+    assert any("missing.jpg" in p for p in report["problems"])
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "predict", "outside", "calibrate", "robustness", "runs", "download", "resume", "stop", "delete", "demo-data", "models"])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main([command, "--help"])

@@ -12,8 +12,10 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from conftest import REPO, make_class_folders, write_image
+from conftest import REPO, make_class_folders
+from fvr_core.calibration import load_calibration
 from fvr_core.config import TrainConfig
+from fvr_core.robustness import CORRUPTIONS, load_robustness
 from fvr_core.runs import ACTIVE_STATES, COMPLETED, RunStore
 
 TIMEOUT = 120
@@ -32,6 +34,10 @@ def page(at: AppTest, name: str) -> AppTest:
 
 def texts(elements) -> str:
     return "\n".join(str(e.value) for e in elements)
+
+
+def image_captions(at: AppTest) -> list[str]:
+    return [c for img in at.image for c in img.captions]
 
 
 def no_traceback(at: AppTest) -> None:
@@ -219,8 +225,18 @@ def test_compare_shows_the_table_curves_and_test_results(trained_run):
     assert list(table["run"]) == [trained_run.id]
     assert table["test_balanced_acc"][0] == pytest.approx(trained_run.test_metrics()["balanced_accuracy"])
     assert at.multiselect[2].value == [trained_run.id]  # finished runs are preselected
-    assert len(at.get("plotly_chart")) >= 4  # curves, test bars, confusion matrix, ROC
+    assert len(at.get("plotly_chart")) >= 5  # curves, test bars, confusion matrix, ROC, reliability diagram
     assert len(at.get("download_button")) == 2  # the table and the checkpoint
+    calibration = at.dataframe[1].value  # fitted when the run finished
+    assert calibration["temperature"][0] == pytest.approx(load_calibration(trained_run).temperature)
+
+    charts = len(at.get("plotly_chart"))
+    at.button[0].click().run()  # "Evaluate 1 run(s) under corruption"
+    no_traceback(at)
+    assert len(at.get("plotly_chart")) == charts + 1
+    robustness = at.dataframe[2].value
+    assert list(robustness["corruption"]) == [c.label for c in CORRUPTIONS.values()]
+    assert load_robustness(trained_run) is not None
 
 
 def test_compare_without_runs_says_so():
@@ -242,9 +258,40 @@ def test_predict_uploads_get_a_probability_per_model(trained_run):
     no_traceback(at)
     assert len(at.get("plotly_chart")) == 1  # the good photo's bars
     assert "broken.png" in texts(at.error)
-    captions = texts(at.caption)
-    assert "% fake" in captions and "cnn" in captions
+    assert "% fake" in texts(at.markdown) and "cnn" in texts(at.markdown)
+    captions = image_captions(at)
+    assert "no face found: whole image" in captions  # a flat colour has no face, and the page says so
+    assert sum(c.startswith("cnn") and 'evidence for "' in c for c in captions) == 1  # its saliency map
     assert len(at.get("download_button")) == 1
+
+
+def test_predict_finds_and_crops_a_face_in_a_wide_photo(trained_run, shared_faces):
+    canvas = Image.new("RGB", (900, 500), (128, 128, 128))
+    canvas.paste(Image.open(shared_faces / "real" / "3.jpg"), (520, 120))
+    buffer = io.BytesIO()
+    canvas.save(buffer, "JPEG")
+    at = page(app(), "predict")
+    at.file_uploader(key="photos").set_value([("wide.jpg", buffer.getvalue(), "image/jpeg")]).run()
+    no_traceback(at)
+    captions = image_captions(at)
+    assert "face" in captions  # the crop's caption: one face found
+    assert not any("whole image" in c for c in captions)
+
+
+def test_predict_evaluates_a_labelled_zip(trained_run, tmp_path):
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        zf.writestr("outside/labels.csv", "file,label\nred.jpg,fake\nblue.jpg,real\n")
+        zf.writestr("outside/red.jpg", jpeg_bytes(color=(200, 60, 60)))
+        zf.writestr("outside/blue.jpg", jpeg_bytes(color=(60, 60, 200)))
+    at = page(app(), "predict")
+    at.file_uploader(key="labelled_zip").set_value(("outside.zip", buffer.getvalue(), "application/zip")).run()
+    no_traceback(at)
+    scores, table = at.dataframe[0].value, at.dataframe[1].value
+    assert list(scores["photos"]) == [2]
+    assert sorted(table["image"]) == ["blue.jpg", "red.jpg"] and set(table["truth"]) == {"fake", "real"}
 
 
 def test_predict_without_models_says_so():
@@ -272,7 +319,7 @@ def test_reference_runs_work_on_a_fresh_clone_before_any_training(demo_data, tmp
     assert "reference" in texts(at.caption)
     at.file_uploader(key="photos").set_value([("face.jpg", jpeg_bytes(), "image/jpeg")]).run()
     no_traceback(at)
-    assert "% fake" in texts(at.caption)
+    assert "% fake" in texts(at.markdown)
 
 
 def test_the_first_page_needs_no_torch():
@@ -280,7 +327,10 @@ def test_the_first_page_needs_no_torch():
     import subprocess
     import sys
 
-    code = ("import sys, fvr_core, fvr_core.compare, fvr_core.datasources, fvr_core.charts, fvr_core.launcher; "
-            "print('torch' in sys.modules)")
+    # also what the CLI's parser and Compare import, and the modules that load torch, captum or
+    # facenet-pytorch only when a prediction, a saliency map or a face search needs them
+    modules = "fvr_core, fvr_core.compare, fvr_core.datasources, fvr_core.charts, fvr_core.launcher, fvr_core.cli, " \
+              "fvr_core.calibration, fvr_core.robustness, fvr_core.outside, fvr_core.faces, fvr_core.saliency"
+    code = f"import sys, {modules}; fvr_core.cli.build_parser(); print([m for m in ('torch', 'captum', 'facenet_pytorch') if m in sys.modules])"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
-    assert result.stdout.strip() == "False", result.stderr
+    assert result.stdout.strip() == "[]", result.stderr
