@@ -2,7 +2,11 @@
 
 import streamlit as st
 
+from fvr_core.settings import bound_thread_memory
+
 st.set_page_config(page_title="fvr: fake vs real faces", page_icon=":material/face:", layout="wide")
+
+bound_thread_memory()  # sessions run in threads: a few malloc arenas for all, not one per thread (idempotent)
 
 # torch is imported by the pages that need it (Train, Predict), so the first page is quick; they
 # set this process's threads (FVR_PAGE_THREADS) before using it

@@ -58,6 +58,20 @@ def _downscale(x: torch.Tensor, probability: float, generator: torch.Generator, 
     return x
 
 
+def random_crop(x: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    """A `size` x `size` window of each image at its own random place, pixels untouched (no
+    resizing: the finest detail, where generators leave traces, stays as it was)."""
+    b, _, h, w = x.shape
+    if size >= min(h, w):
+        return x
+    top = torch.randint(0, h - size + 1, (b, 1, 1), generator=generator, device=x.device)
+    left = torch.randint(0, w - size + 1, (b, 1, 1), generator=generator, device=x.device)
+    rows = torch.arange(size, device=x.device).view(1, size, 1) + top
+    cols = torch.arange(size, device=x.device).view(1, 1, size) + left
+    batch = torch.arange(b, device=x.device).view(b, 1, 1)
+    return x.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2).contiguous()
+
+
 def _flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Mirror half the images (chosen at random); the caller's tensor is left as it was."""
     chosen = _per_image(x.shape[0], 0.5, generator, x.device)

@@ -315,7 +315,7 @@ def save_calibration(run, calibration: Calibration, which: str = "best") -> Cali
     """Write calibration.json (calibration-<which>.json for another checkpoint) to the run folder
     and put the temperature into the checkpoint's metadata (<which>.json), so a checkpoint copied
     on its own keeps its calibration. Fills in the run, checkpoint and time when they are empty."""
-    from .runs import atomic_write_json, now_iso, read_json
+    from .runs import atomic_write_json, crash_point, now_iso, read_json
 
     calibration.run = calibration.run or run.id
     calibration.checkpoint = calibration.checkpoint or which
@@ -326,6 +326,7 @@ def save_calibration(run, calibration: Calibration, which: str = "best") -> Cali
         calibration.checkpoint_step = meta.get("step")
         meta["temperature"] = calibration.temperature
         atomic_write_json(meta_path, meta)
+    crash_point("calibration")
     atomic_write_json(calibration_path(run, calibration.checkpoint), calibration.to_dict())
     return calibration
 

@@ -7,7 +7,10 @@ weights names the model, classes, input size, normalisation, config and metrics.
 from __future__ import annotations
 
 import json
+import math
 import os
+import pickle
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -17,7 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .models import ModelError, build_model
+from .models import ModelError, build_model, get_spec
 from .runs import atomic_write_json, read_json
 from .settings import CLASSES, IMAGENET_MEAN, IMAGENET_STD
 
@@ -65,7 +68,22 @@ def read_checkpoint_meta(path: Path) -> dict[str, Any]:
     meta = read_json(path.with_suffix(".json"))
     if not isinstance(meta, dict) or "model" not in meta:
         raise CheckpointError(f"{path.with_suffix('.json')} is missing or damaged: it must name the model and image size")
+    size, temperature = meta.get("image_size"), meta.get("temperature", 1.0)
+    # checked here, where the file can be named: a bad value would fail later inside a prediction
+    if type(size) is not int or size < 1:
+        raise CheckpointError(f"{path.with_suffix('.json')} gives image_size {size!r}: it must be a whole number of pixels; "
+                              "copy the checkpoint's .json again")
+    check_temperature(temperature, path.with_suffix(".json"))
     return meta
+
+
+def check_temperature(value: Any, where: Path) -> float:
+    """A calibration temperature read from `where`, or CheckpointError: 0, a negative, NaN or a string
+    would make every probability NaN or fail inside a prediction."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise CheckpointError(f"{where} gives temperature {value!r}: it must be a positive number; "
+                              "calibrate the run again (python -m fvr_core calibrate RUN)")
+    return float(value)
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
@@ -80,6 +98,10 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
         model = build_model(meta["model"])
     except ModelError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
+    smallest = get_spec(meta["model"]).min_image_size
+    if meta["image_size"] < smallest:
+        raise CheckpointError(f"{path.with_suffix('.json')} gives image_size {meta['image_size']}: {meta['model']} needs at "
+                              f"least {smallest} px; copy the checkpoint's .json again")
     try:
         state = load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:
@@ -91,3 +113,27 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
         first = str(exc).strip().splitlines()[0]
         raise CheckpointError(f"{path} does not fit model {meta['model']!r} ({first}): the file and its JSON disagree") from None
     return model.to(device).eval(), meta
+
+
+def load_training_state(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """A run's last_state.pt (optimizer, schedule, RNG states): tensors and plain values only.
+    torch.load(weights_only=True) never runs code from the file; a file holding anything else is
+    refused with a CheckpointError naming it (torch's own message suggests loading it without
+    weights_only, which would run it)."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))  # what it would have called; not torch's advice to allow it
+        raise CheckpointError(
+            f"{path} holds more than tensors{f' (it calls {found.group(1)})' if found else ''} and was not loaded: "
+            "unpickling it could run code. If you did not put it there, delete it and resume (the run then starts "
+            "again from its first epoch)"
+        ) from None
+    except (OSError, RuntimeError, EOFError, ValueError) as exc:
+        raise CheckpointError(f"{path} is damaged ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                              "delete it and resume (the run then starts again from its first epoch)") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a training state; delete it and resume "
+                              "(the run then starts again from its first epoch)")
+    return state

@@ -47,9 +47,13 @@ def _config_from_args(args: argparse.Namespace):
         base = dict(PRESETS[_preset_name(args.preset)])
     if args.config:
         try:
-            base = {**base, **json.loads(Path(args.config).read_text())}
+            loaded = json.loads(Path(args.config).read_text())
         except (OSError, ValueError) as exc:
             raise SystemExit(_fail(EXIT_USAGE, f"cannot read config file {args.config}: {exc}"))
+        if not isinstance(loaded, dict):
+            raise SystemExit(_fail(EXIT_USAGE, f"config file {args.config} holds a JSON {type(loaded).__name__}, not an object "
+                                               "of settings: give a run's config.json or {\"epochs\": 5, ...}"))
+        base = {**base, **loaded}
     overrides = {f.name: getattr(args, f.name) for f in config_fields() if getattr(args, f.name) is not None}
     return TrainConfig.from_dict({**base, **overrides}).validate()
 
@@ -154,6 +158,9 @@ def cmd_train(args) -> int:
     config = _config_from_args(args)
     if not config.data:
         return _fail(EXIT_USAGE, "--data is required: the folder holding fake/ and real/ (try: python -m fvr_core demo-data)")
+    from .dataset import find_dataset_root
+
+    find_dataset_root(config.data)  # a DataError (exit 3) for a path that cannot be a data set, before a run is made
     config = config.replace(data=str(Path(config.data).expanduser().resolve()))
     if args.background:
         run = launch(config, args.runs_dir, max_concurrent=args.max_concurrent)
@@ -246,9 +253,12 @@ def _write_csv(rows: list[dict], path: str) -> None:
 
 def cmd_predict(args) -> int:
     from .predict import predict_with_each, prepare_photos
+    from .settings import IMAGE_EXTENSIONS
 
     predictors = _predictors(args.run, args.runs_dir, args.checkpoint)
     paths = _photo_paths(args.images)
+    if not paths:  # folders with no image in them
+        return _fail(EXIT_DATA, f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in {', '.join(args.images)}")
     prepared = prepare_photos(paths, paths, face_crop=args.face_crop)
     rows = predict_with_each(predictors, prepared, tta=args.tta, unsure_band=args.unsure_band)
     if args.csv:
@@ -311,6 +321,16 @@ def cmd_robustness(args) -> int:
         return EXIT_OK
     print(f"run {run.id} ({run.config.model}) on its {args.split} split under each corruption:")
     _print_table(rows, ["label", "accuracy", "balanced_accuracy", "roc_auc", "flip_rate", "mean_abs_prob_change"])
+    return EXIT_OK
+
+
+def cmd_export_reference(args) -> int:
+    from .reference import export_reference, reference_info
+    from .runs import RunStore
+
+    shipped = export_reference(RunStore(args.runs_dir).get(args.run), args.dest, args.max_mb)
+    info = reference_info(shipped)
+    print(f"{shipped.path}  (weights: {info['weights']}{'; ' + info['note'] if info['note'] else ''})")
     return EXIT_OK
 
 
@@ -453,6 +473,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=("test", "val"))
     p.add_argument("--json", action="store_true")
 
+    p = command("export-reference", cmd_export_reference,
+                "copy a completed or diverged run into checkpoints/reference (weights in fp16 if needed, none if too large)")
+    runs_dir(p)
+    p.add_argument("run")
+    p.add_argument("--dest", help="folder of reference runs (default: checkpoints/reference)")
+    p.add_argument("--max-mb", type=float, default=25.0, help="largest weights file to ship (default: %(default)s)")
+
     p = command("runs", cmd_runs, "list runs with their state and metrics")
     runs_dir(p)
     p.add_argument("--model", help="only runs of this model")
@@ -505,3 +532,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(EXIT_FAILED, str(exc))
     except KeyboardInterrupt:
         return _fail(EXIT_STOPPED, "interrupted")
+    except OSError as exc:  # a full disk, a folder that vanished: the run's status says what it was doing
+        return _fail(EXIT_FAILED, f"{exc.strerror or exc}{f' ({exc.filename})' if exc.filename else ''}: "
+                                  "free space or fix the path, then resume the run")

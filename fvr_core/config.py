@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +44,8 @@ class TrainConfig:
     grad_clip: float = _field(0.0, "clip the gradient norm to this value (0 = off)")
     augment: str = _field("light", "augmentation level", tuple(AUGMENTATIONS))
     image_size: int = _field(300, "side of the square input in pixels")
+    train_crop: int = _field(0, "train on random crops of this side cut from the image_size images, pixels untouched "
+                                "(evaluation sees whole images); 0 = off")
     seed: int = _field(42, "seed of the split, initial weights and batch order")
     split: tuple[float, float, float] = _field((0.6, 0.2, 0.2), "train/val/test fractions")
     device: str = _field("auto", "training device (auto: cuda, then mps, then cpu)", DEVICES)
@@ -69,12 +72,19 @@ class TrainConfig:
             "grad_clip": self.grad_clip, "patience": self.patience, "threads": self.threads, "max_steps": self.max_steps,
         }
         problems += [f"{k}={v!r}: must be 0 or more" for k, v in non_negative.items() if not v >= 0]
+        # inf passes the checks above and turns the first step's weights into NaN
+        problems += [f"{k}={v!r}: must be a finite number" for k, v in {"lr": self.lr, **non_negative}.items()
+                     if isinstance(v, float) and v > 0 and math.isinf(v)]
+        if not 0 <= self.seed < 2**32:  # numpy's generators (the split) take no negative seed
+            problems.append(f"seed={self.seed!r}: must be between 0 and {2**32 - 1}")
         if not 0 <= self.label_smoothing < 1:
             problems.append(f"label_smoothing={self.label_smoothing!r}: must be in [0, 1)")
         if len(self.split) != 3 or any(not x >= 0 for x in self.split) or not (self.split[0] > 0 and self.split[1] > 0 and self.split[2] > 0):
             problems.append(f"split={self.split!r}: give three fractions greater than 0 (train, val, test)")
         if self.model in MODELS and self.image_size < MODELS[self.model].min_image_size:
             problems.append(f"image_size={self.image_size}: {self.model} needs at least {MODELS[self.model].min_image_size} px")
+        if self.train_crop and not (self.model in MODELS and MODELS[self.model].min_image_size <= self.train_crop <= self.image_size):
+            problems.append(f"train_crop={self.train_crop}: 0 (off) or between the model's minimum size and image_size={self.image_size}")
         if self.model in MODELS and self.pretrained and not MODELS[self.model].pretrained_available:
             problems.append(f"pretrained=True: {self.model} has no pretrained weights")
         if problems:

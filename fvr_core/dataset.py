@@ -30,7 +30,7 @@ from . import settings
 from .images import ImageError, prepare_image
 from .settings import CLASSES, IMAGE_EXTENSIONS
 
-CACHE_FORMAT = 1  # bump when decoding or resizing changes, so old caches are not reused
+CACHE_FORMAT = 2  # bump when decoding or resizing changes, so old caches are not reused (2: box resize)
 MIN_IMAGES_PER_CLASS = 3  # one per split at least
 
 ProgressFn = Callable[[int, int], None]
@@ -76,28 +76,38 @@ class DataReport:
 # scanning
 
 
-def _class_dirs(root: Path) -> dict[int, Path]:
-    found: dict[int, Path] = {}
+def _class_dirs(root: Path) -> dict[int, list[Path]]:
+    found: dict[int, list[Path]] = {}
     for child in sorted(root.iterdir()):
         if child.is_dir() and child.name.lower() in CLASSES:
-            found.setdefault(CLASSES.index(child.name.lower()), child)
+            # real/ and Real/ side by side (merged sets, case-sensitive disks): read both, lose neither
+            found.setdefault(CLASSES.index(child.name.lower()), []).append(child)
     return found
 
 
 def find_dataset_root(path: str | Path) -> Path:
     """The folder holding ``data.csv`` or the class folders: `path` itself or a folder a few levels
     below it (a downloaded archive often wraps the data set in one or two extra folders)."""
-    path = Path(path).expanduser()
-    if not path.exists():
+    try:
+        path = Path(path).expanduser()
+        exists, is_dir = path.exists(), path.is_dir()
+    except (OSError, RuntimeError) as exc:  # a name too long, ~nosuchuser
+        raise DataError(f"{str(path)[:200]!r} cannot be opened ({exc.__class__.__name__}: {str(exc)[:200]}): "
+                        "pass the folder that holds fake/ and real/") from None
+    if not exists:
         raise DataError(f"data folder {path} does not exist: pass the folder that holds fake/ and real/")
-    if not path.is_dir():
+    if not is_dir:
         raise DataError(f"{path} is a file, not a folder: pass the folder that holds fake/ and real/")
     frontier = [path]
-    for _depth in range(3):
-        for folder in frontier:
-            if (folder / "data.csv").is_file() or len(_class_dirs(folder)) == 2:
-                return folder
-        frontier = [c for f in frontier for c in sorted(f.iterdir()) if c.is_dir() and not c.name.startswith(".")]
+    try:
+        for _depth in range(3):
+            for folder in frontier:
+                if (folder / "data.csv").is_file() or len(_class_dirs(folder)) == 2:
+                    return folder
+            frontier = [c for f in frontier for c in sorted(f.iterdir()) if c.is_dir() and not c.name.startswith(".")]
+    except OSError as exc:  # a folder that cannot be listed (permissions): say which, rather than a traceback
+        raise DataError(f"cannot read {exc.filename or path} while looking for the data set in {path} ({exc.strerror or exc}): "
+                        "pass the folder that holds fake/ and real/") from None
     raise DataError(
         f"no data set found in {path}: expected class folders fake/ and real/ "
         "(optionally with a data.csv of images_id,label), as in the Kaggle 'Fake-Vs-Real-Faces (Hard)' set"
@@ -113,8 +123,16 @@ def _inside(path: Path, root: Path) -> bool:
 
 
 def _walk_images(folder: Path, root: Path, skipped: list[SkippedFile]) -> Iterable[Path]:
+    if not _inside(folder, root):  # a class folder that is a link to elsewhere: its files are not the data set's
+        skipped.append(SkippedFile(folder.relative_to(root).as_posix(), "symbolic link pointing outside the data folder"))
+        return
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        # os.walk does not follow linked folders (they may loop): list them instead of leaving them out silently
+        for link in [Path(dirpath) / d for d in dirnames if (Path(dirpath) / d).is_symlink()]:
+            dirnames.remove(link.name)
+            where = "to a folder (not followed)" if _inside(link, root) else "pointing outside the data folder"
+            skipped.append(SkippedFile(link.relative_to(root).as_posix(), f"symbolic link {where}"))
         for name in sorted(filenames):
             if name.startswith("."):
                 continue
@@ -143,7 +161,7 @@ def _id_keys(path: Path, root: Path) -> set[str]:
 def _scan_csv(root: Path, csv_path: Path, skipped: list[SkippedFile]) -> list[ImageRecord]:
     by_key: dict[str, list[Path]] = {}
     files: list[Path] = []
-    for folder in _class_dirs(root).values():
+    for folder in (f for folders in _class_dirs(root).values() for f in folders):
         for path in _walk_images(folder, root, skipped):
             files.append(path)
             for key in _id_keys(path, root):
@@ -184,8 +202,9 @@ def _scan_csv(root: Path, csv_path: Path, skipped: list[SkippedFile]) -> list[Im
 
 def _scan_folders(root: Path, skipped: list[SkippedFile]) -> list[ImageRecord]:
     records = []
-    for label, folder in sorted(_class_dirs(root).items()):
-        records += [ImageRecord(p.relative_to(root).as_posix(), label) for p in _walk_images(folder, root, skipped)]
+    for label, folders in sorted(_class_dirs(root).items()):
+        for folder in folders:
+            records += [ImageRecord(p.relative_to(root).as_posix(), label) for p in _walk_images(folder, root, skipped)]
     return records
 
 

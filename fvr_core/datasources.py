@@ -58,14 +58,18 @@ def resolve_user_folder(text: str, limits: AppLimits | None = None, what: str = 
     text = (text or "").strip().strip('"').strip("'")
     if not text:
         raise DataError(f"no folder given: type the path of {what}")
-    path = Path(text).expanduser().resolve()
+    try:
+        path = Path(text).expanduser().resolve()
+        exists, is_dir = path.exists(), path.is_dir()
+    except (OSError, ValueError, RuntimeError) as exc:  # a NUL byte, a name too long, ~nosuchuser
+        raise DataError(f"{text[:200]!r} is not a path this machine can open ({str(exc)[:200]}): check it, or upload a zip") from None
     if limits is not None and not limits.allow_paths:
         allowed = settings.data_root().resolve()
         if path != allowed and allowed not in path.parents:
             raise DataError(f"this app only reads folders under its data folder ({allowed}); upload a zip instead")
-    if not path.exists():
+    if not exists:
         raise DataError(f"{path} does not exist: check the spelling, or upload a zip")
-    if not path.is_dir():
+    if not is_dir:
         raise DataError(f"{path} is a file: give {what} (or upload a zip)")
     return path
 

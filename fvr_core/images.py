@@ -103,9 +103,12 @@ def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
         return img
     scale = size / min(width, height)
     new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
-    img = img.resize((new_w, new_h), Image.Resampling.BICUBIC, reducing_gap=3.0)
     left, top = (new_w - size) // 2, (new_h - size) // 2
-    return img.crop((left, top, left + size, top + size))
+    # resample only the centre square (its box in the photo's own pixels), never the whole scaled
+    # photo: a 1x20000 px image of a few hundred bytes was first scaled to 300x6,000,000 (gigabytes)
+    sx, sy = width / new_w, height / new_h
+    box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
+    return img.resize((size, size), Image.Resampling.BICUBIC, box=box, reducing_gap=3.0)
 
 
 def prepare_image(source: ImageSource | Image.Image, size: int) -> np.ndarray:

@@ -35,22 +35,42 @@ def launch(
 ) -> Run:
     """Queue a training run and make sure a background worker will train it. Returns at once.
     With `limits` (the dashboard passes `settings.app_limits()`), a config or a queue longer than
-    they allow raises ConfigError or RunError instead."""
+    they allow raises ConfigError or RunError, and in demo mode data outside the data root DataError."""
     if config.data:
         config = config.replace(data=str(Path(config.data).expanduser().resolve()))
     store = RunStore(runs_dir)
     if limits is not None:
         check_limits(config.validate(), limits)
-        active = len(store.list(state=QUEUED)) + len(store.list(state=RUNNING))
-        if active >= limits.max_queued_runs:
-            raise RunError(
-                f"{active} runs are already queued or running, the most this app allows: "
-                "wait for one to finish or stop one"
-            )
+        if not limits.allow_paths:
+            from .datasources import resolve_user_path  # demo mode: only the data root (demo set, uploads)
+
+            resolve_user_path(config.data, limits)
         max_concurrent = limits.max_concurrent_runs
-    run = store.create(config)
+    with _queue_lock(store.root):
+        if limits is not None:
+            _check_room(store, limits)
+        run = store.create(config)
     start_worker(store.root, max_concurrent)
     return run
+
+
+@contextmanager
+def _queue_lock(runs_root: Path) -> Iterator[None]:
+    """Hold the root's queue lock, so counting the active runs and queueing one is one step: sessions
+    pressing Train at the same moment cannot together pass the queue's cap."""
+    runs_root.mkdir(parents=True, exist_ok=True)
+    with open(runs_root / ".queue.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)  # released when the file closes (or its process dies)
+        yield
+
+
+def _check_room(store: RunStore, limits: AppLimits) -> None:
+    active = len(store.list(state=QUEUED)) + len(store.list(state=RUNNING))
+    if active >= limits.max_queued_runs:
+        raise RunError(
+            f"{active} runs are already queued or running, the most this app allows: "
+            "wait for one to finish or stop one"
+        )
 
 
 def start_worker(runs_root: Path, max_concurrent: int = DEFAULT_MAX_CONCURRENT, idle_seconds: float = 0.0) -> subprocess.Popen:
@@ -94,6 +114,9 @@ def _slot(runs_root: Path, max_concurrent: int) -> Iterator[bool]:
 def next_queued(store: RunStore) -> Run | None:
     """Claim the oldest queued run, or None if there is none."""
     for run in sorted(store.list(state=QUEUED), key=lambda r: (r.raw_status().get("created_unix", 0.0), r.id)):
+        if not run.raw_status():
+            continue  # config.json without status.json (a folder of an older version, written config first):
+            # taking it now would let its creator's "queued" overwrite the trainer's "running"
         if run.claim():
             return run
     return None
@@ -155,20 +178,26 @@ def work(runs_root: str | Path, max_concurrent: int = DEFAULT_MAX_CONCURRENT, id
         time.sleep(0.05)
 
 
-def resume_in_background(run: Run, max_concurrent: int = DEFAULT_MAX_CONCURRENT) -> Run:
+def resume_in_background(run: Run, max_concurrent: int = DEFAULT_MAX_CONCURRENT, limits: AppLimits | None = None) -> Run:
     """Queue an interrupted, stopped or failed run to continue from its last checkpoint in a
-    background worker (as `resume` does in this process)."""
+    background worker (as `resume` does in this process). With `limits`, a queue already as long
+    as they allow raises RunError."""
     from .training import RESUMABLE
 
-    state = run.state
-    if state not in RESUMABLE:
-        raise RunError(f"run {run.id} is {state}; only {', '.join(RESUMABLE)} runs can be resumed")
-    (run.path / "stop").unlink(missing_ok=True)
-    run.write_status(QUEUED, resume=True, message="queued to resume", created_unix=run.raw_status().get("created_unix", 0.0))
-    try:
-        (run.path / "claimed").rmdir()  # the claim of its first worker; a worker now claims it anew
-    except FileNotFoundError:
-        pass  # trained in a terminal, never claimed
+    if limits is not None:
+        max_concurrent = limits.max_concurrent_runs
+    with _queue_lock(run.path.parent):  # of two sessions resuming one run at once, the second finds it queued
+        state = run.state
+        if state not in RESUMABLE:
+            raise RunError(f"run {run.id} is {state}; only {', '.join(RESUMABLE)} runs can be resumed")
+        if limits is not None:
+            _check_room(RunStore(run.path.parent), limits)
+        (run.path / "stop").unlink(missing_ok=True)
+        run.write_status(QUEUED, resume=True, message="queued to resume", created_unix=run.raw_status().get("created_unix", 0.0))
+        try:
+            (run.path / "claimed").rmdir()  # the claim of its first worker; a worker now claims it anew
+        except FileNotFoundError:
+            pass  # trained in a terminal, never claimed
     start_worker(run.path.parent, max_concurrent)
     return run
 

@@ -72,6 +72,12 @@ def _tv(name: str, head: str) -> Callable[[bool], nn.Module]:
     return functools.partial(_torchvision, name, head)
 
 
+def _high_pass_tv(name: str, head: str, pretrained: bool) -> nn.Module:
+    from .cnn import high_pass
+
+    return high_pass(_torchvision(name, head, pretrained))
+
+
 MODELS: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in [
@@ -83,6 +89,8 @@ MODELS: dict[str, ModelSpec] = {
                   "VGG-19 without batch norm (139M parameters): the original failed to train it"),
         ModelSpec("vgg19_bn", _tv("vgg19_bn", "classifier.6"), 300, 32, "features.51", True,
                   "VGG-19 with batch norm (139M parameters)"),
+        ModelSpec("resnet18_hp", functools.partial(_high_pass_tv, "resnet18", "fc"), 300, 32, "1.layer4", True,
+                  "ResNet-18 fed the image's high-pass residual (image minus its 3x3 mean), as forensic detectors are"),
         ModelSpec("mobilenet_v3_small", _tv("mobilenet_v3_small", "classifier.3"), 224, 32, "features.12", True,
                   "MobileNetV3-Small (1.5M parameters): fast on a CPU"),
         ModelSpec("efficientnet_b0", _tv("efficientnet_b0", "classifier.1"), 224, 32, "features.8", True,

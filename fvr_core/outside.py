@@ -110,8 +110,9 @@ def labelled_photos(folder: str | Path, labels_csv: str | Path | None = None) ->
     else:
         photos, problems = [], []
         for label, name in enumerate(CLASSES):
-            sub = next((d for d in folder.iterdir() if d.is_dir() and d.name.lower() == name), None)
-            photos += [OutsidePhoto(p.path, f"{name}/{p.name}", label) for p in list_photos(sub)] if sub else []
+            # every folder of the class (real/ and Real/ may sit side by side): none is left out silently
+            for sub in sorted(d for d in folder.iterdir() if d.is_dir() and d.name.lower() == name):
+                photos += [OutsidePhoto(p.path, f"{sub.name}/{p.name}", label) for p in list_photos(sub)]
         if not photos:
             raise OutsideError(f"{folder} has no labels: add a labels.csv (columns file,label) or fake/ and real/ subfolders")
     if not photos:

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from .calibration import load_calibration, verdict
-from .checkpoint import load_checkpoint
+from .checkpoint import check_temperature, load_checkpoint
 from .evaluation import predict_logits
 from .images import ImageError, ImageSource, load_rgb, prepare_image
 from .runs import Run
@@ -125,7 +125,8 @@ class Predictor:
     def from_run(cls, run: Run, which: str = "best", device: str = "cpu") -> "Predictor":
         model, meta = load_checkpoint(run.checkpoint(which), device=device)
         calibration = load_calibration(run) if which == "best" else None
-        return cls(model, meta, device, calibration.temperature if calibration else None)
+        temperature = check_temperature(calibration.temperature, run.path / "calibration.json") if calibration else None
+        return cls(model, meta, device, temperature)
 
     def model_input(self, image: Image.Image) -> np.ndarray:
         """The (3, S, S) uint8 array the model sees for a subject."""

@@ -8,7 +8,7 @@
         split.json          train/val/test ids relative to the data root
         best.safetensors, best.json    weights + metadata of the best epoch (by validation loss)
         last.safetensors, last.json    weights + metadata of the last epoch
-        last_state.pt       optimizer, schedule and RNG state, to resume
+        last_state.pt       weights, optimizer, schedule and RNG state of the last epoch, to resume
         test_metrics.json   metrics of the best checkpoint on the test split
         test_predictions.csv  every test image's probability of being fake
         stop                present when a stop was asked for
@@ -23,6 +23,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import tempfile
 import time
@@ -45,6 +46,29 @@ STALE_AFTER_SECONDS = 60.0  # a heartbeat this old means the process is gone (e.
 
 class RunError(ValueError):
     """A run cannot be found or used as asked."""
+
+
+# For the crash tests (tests/test_crashes.py) only: FVR_TEST_KILL_AT="<point>:<n>" makes the process
+# kill itself (SIGKILL) the n-th time it reaches the named point. Unset, a point costs one check.
+_KILL_AT = os.environ.get("FVR_TEST_KILL_AT", "")
+_points_reached: dict[str, int] = {}
+
+
+def crash_due(point: str) -> bool:
+    """True the n-th time `point` is reached when FVR_TEST_KILL_AT is "<point>:<n>" (crash tests)."""
+    if not _KILL_AT:
+        return False
+    name, _, n = _KILL_AT.partition(":")
+    if name != point:
+        return False
+    _points_reached[point] = _points_reached.get(point, 0) + 1
+    return _points_reached[point] == int(n or 1)
+
+
+def crash_point(point: str) -> None:
+    """Die here, as a killed process would, when the crash tests ask for it."""
+    if crash_due(point):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def now_iso() -> str:
@@ -277,7 +301,21 @@ class Run:
         line = json.dumps(row, default=float) + "\n"
         # one write() of a whole line in append mode: concurrent readers see whole lines or none
         with open(self.path / "metrics.jsonl", "a", encoding="utf-8") as fh:
+            if crash_due("metrics"):  # crash tests: die with half a line written
+                fh.write(line[: len(line) // 2])
+                fh.flush()
+                os.kill(os.getpid(), signal.SIGKILL)
             fh.write(line)
+
+    def end_partial_metrics_line(self) -> None:
+        """End a partial last line of metrics.jsonl (its writer died mid-append), so that the next
+        row starts a line of its own instead of being glued to the broken one and lost."""
+        try:
+            with open(self.path / "metrics.jsonl", "rb+") as fh:
+                if fh.seek(0, os.SEEK_END) and (fh.seek(-1, os.SEEK_END), fh.read(1))[1] != b"\n":
+                    fh.write(b"\n")
+        except FileNotFoundError:
+            pass
 
     def request_stop(self) -> None:
         """Ask the training process to stop after its current step (it keeps what it has)."""
@@ -314,8 +352,9 @@ class RunStore:
             except FileExistsError:
                 continue
         run = Run(path)
-        atomic_write_text(path / "config.json", config.to_json())
+        # status first: a reader that lists the run by its config.json always finds its state
         run.write_status(QUEUED, created=now_iso(), created_unix=time.time())
+        atomic_write_text(path / "config.json", config.to_json())
         return run
 
     def get(self, run_id: str | Path) -> Run:

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import os
+import threading
+from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -66,11 +70,27 @@ class AppLimits:
     max_queued_runs: int = 100
     max_upload_mb: int = 200
     max_upload_files: int = 200
+    max_extracted_mb: int = 2048  # what one uploaded zip may unpack to on the server's disk
     allow_paths: bool = True  # type a folder path on the server; download from Kaggle
     allow_delete: bool = True
 
     def allows_model(self, name: str) -> bool:
         return not self.models or name in self.models
+
+    def upload_problem(self, name: str, size: int) -> str | None:
+        """Why an uploaded file is refused, or None. Streamlit checks an uploader's max_upload_size in
+        the browser only (its server checks just server.maxUploadSize), so the pages check again."""
+        if size > self.max_upload_mb * 1024**2:
+            return f"{name} is {size / 1024**2:.1f} MB: this app takes files up to {self.max_upload_mb} MB; send a smaller one"
+        return None
+
+    def archive_limits(self):
+        """fvr_core.archive.ArchiveLimits for an uploaded zip: at most max_extracted_mb unpacked."""
+        from .archive import ArchiveLimits
+
+        defaults = ArchiveLimits()
+        total = self.max_extracted_mb * 1024**2
+        return ArchiveLimits(max_total_bytes=min(defaults.max_total_bytes, total), max_file_bytes=min(defaults.max_file_bytes, total))
 
 
 DEMO_MODELS = ("cnn", "resnet18", "mobilenet_v3_small")
@@ -90,6 +110,7 @@ def app_limits() -> AppLimits:
         max_queued_runs=_env_int("FVR_DEMO_MAX_QUEUED_RUNS", 3),
         max_upload_mb=_env_int("FVR_DEMO_MAX_UPLOAD_MB", 20),
         max_upload_files=_env_int("FVR_DEMO_MAX_UPLOAD_FILES", 20),
+        max_extracted_mb=_env_int("FVR_DEMO_MAX_EXTRACTED_MB", 200),
         allow_paths=False,
         allow_delete=False,
     )
@@ -101,6 +122,61 @@ def page_threads() -> int:
     threads both lose (benchmarks/page_contention.py: on 2 cores, predictions 2-3x slower at the
     median and up to 10x at p95, and the trainer slower too)."""
     return max(1, _env_int("FVR_PAGE_THREADS", 1))
+
+
+def page_predictions() -> int:
+    """How many predictions (face search, model, saliency map) the dashboard's process runs at once,
+    for all sessions together: FVR_PAGE_PREDICTIONS, default the usable cores, at most 4. At one
+    thread each, that many keep the cores busy; more only add memory (20 predictions with face
+    detection at once on 640x480 photos took the page process from 0.77 to 1.37 GB at its peak,
+    benchmarks/concurrent_predictions.py --slots 0 --malloc-arenas 0) and make every answer slower."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, _env_int("FVR_PAGE_PREDICTIONS", min(4, cores)))
+
+
+def bound_thread_memory() -> bool:
+    """Let glibc's malloc keep at most FVR_MALLOC_ARENAS (default 2; 0 leaves its default of 8 per
+    core) arenas in this process. Streamlit runs every session's rerun in a new thread, and by
+    default each busy thread gets an arena that keeps what it freed: 20 sessions predicting with
+    face detection raised the page process's peak by 480 MB even with 2 predicting at a time, by
+    130-160 MB with 2 arenas (benchmarks/concurrent_predictions.py). True when applied (glibc only;
+    elsewhere a no-op)."""
+    arenas = _env_int("FVR_MALLOC_ARENAS", 2)
+    if arenas <= 0:
+        return False
+    try:
+        import ctypes
+
+        return bool(ctypes.CDLL(None).mallopt(-8, arenas))  # -8: M_ARENA_MAX; arenas made from now on
+    except (OSError, AttributeError):
+        return False
+
+
+_slots_lock = threading.Condition()
+_slots_queue: deque = deque()
+_slots_busy = 0
+
+
+@contextmanager
+def prediction_slot() -> Iterator[None]:
+    """Hold one of the process's page_predictions() places while predicting; sessions wait their
+    turn in arrival order (a plain semaphore lets one busy session starve the others)."""
+    global _slots_busy
+    me = object()
+    with _slots_lock:
+        _slots_queue.append(me)
+        try:
+            _slots_lock.wait_for(lambda: _slots_queue[0] is me and _slots_busy < page_predictions())
+        finally:  # taken, or given up (an exception while waiting): out of the line either way
+            _slots_queue.remove(me)
+            _slots_lock.notify_all()  # the next in line may fit too
+        _slots_busy += 1
+    try:
+        yield
+    finally:
+        with _slots_lock:
+            _slots_busy -= 1
+            _slots_lock.notify_all()
 
 
 def worker_idle_seconds() -> float:

@@ -8,6 +8,7 @@ evaluation runs in eval mode without autograd.
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import math
 import os
@@ -25,9 +26,9 @@ import torch
 from torch import nn
 
 from . import distributed
-from .augment import BatchAugmenter
+from .augment import BatchAugmenter, random_crop
 from .calibration import calibration_from_logits, save_calibration
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, load_training_state, save_checkpoint
 from .config import TrainConfig
 from .dataset import load_dataset, require_trainable, split_ids
 from .evaluation import classification_metrics, predict_logits, prob_fake_from_logits
@@ -35,7 +36,7 @@ from .launcher import stop_on_sigterm  # noqa: F401  (the CLI's and notebooks' i
 from .models import build_model, get_spec
 from .runs import (
     COMPLETED, DIVERGED, FAILED, HEARTBEAT_SECONDS, INTERRUPTED, RUNNING, STOPPED,
-    Run, RunError, RunStore, atomic_write_json, atomic_write_text, now_iso, own_process_identity,
+    Run, RunError, RunStore, atomic_write_json, atomic_write_text, crash_point, now_iso, own_process_identity,
 )
 from .settings import CLASSES
 
@@ -155,8 +156,11 @@ class Trainer:
             run.append_metrics({"kind": "event", "event": "diverged", "step": exc.step, "time": time.time()})
             self._finish(DIVERGED, str(exc), started, hint=DIVERGENCE_HINT)
         except BaseException as exc:
-            atomic_write_text(run.path / "error.txt", traceback.format_exc())
-            run.write_status(FAILED, message=f"{type(exc).__name__}: {exc}", ended=now_iso())
+            try:
+                atomic_write_text(run.path / "error.txt", traceback.format_exc())
+            except OSError:  # e.g. the disk is full: the status below matters more
+                pass
+            run.write_status(FAILED, **_failure(exc, run), ended=now_iso())
             raise
         finally:
             self._heartbeat_stop.set()
@@ -231,13 +235,23 @@ class Trainer:
         return model
 
     def _load_last(self) -> None:
+        """Continue from last_state.pt, what the last process committed at its last epoch's end. A
+        killed process can have left more (temporary files, a half-written metrics row, last.* or
+        best.* of an epoch it did not finish): those are cleared or written again by this one."""
+        for tmp in self.run.path.glob(".*.tmp"):
+            if not tmp.name.startswith(".status.json."):  # a launcher may be writing that one
+                tmp.unlink(missing_ok=True)
+        self.run.end_partial_metrics_line()
         state_path = self.run.path / "last_state.pt"
         if not state_path.is_file():
             self.run.append_metrics({"kind": "resume", "step": 0, "epoch": 0, "time": time.time()})
             return  # interrupted before the first epoch ended: start again from scratch
-        model, _ = load_checkpoint(self.run.path / "last.safetensors", device=self.device)
-        self.model.load_state_dict(model.state_dict())
-        state = torch.load(state_path, map_location=self.device, weights_only=True)
+        state = load_training_state(state_path, self.device)
+        if "model" in state:  # the weights of the same epoch as the optimizer state
+            self.model.load_state_dict(state["model"])
+        else:  # written before the weights were kept in it
+            model, _ = load_checkpoint(self.run.path / "last.safetensors", device=self.device)
+            self.model.load_state_dict(model.state_dict())
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.augmenter.load_state_dict({"generator": state["augment_rng"].cpu()})
@@ -246,6 +260,11 @@ class Trainer:
         self.best_val_loss = float(state["best_val_loss"])
         self.epochs_without_better = int(state["epochs_without_better"])
         self.elapsed_before = float(state.get("elapsed", 0.0))
+        row = state.get("epoch_row")
+        if row and not any(r["epoch"] == row["epoch"] and r["step"] == row["step"] for r in self.run.epoch_rows()):
+            self.run.append_metrics(row)  # the last process died after its checkpoint, before this row
+            if self.config.patience and self.epochs_without_better >= self.config.patience:
+                self.run.append_metrics({"kind": "event", "event": "early_stop", "step": self.step, "epoch": self.start_epoch, "time": time.time()})
         self.run.append_metrics({"kind": "resume", "step": self.step, "epoch": self.start_epoch, "time": time.time()})
 
     # ---- the loop
@@ -255,8 +274,8 @@ class Trainer:
         self._smoothed_loss = None
         self._last_check = 0.0
         for epoch in range(self.start_epoch, config.epochs):
-            if self.step >= self.total_steps:
-                break
+            if self.step >= self.total_steps or (config.patience and self.epochs_without_better >= config.patience):
+                break  # (resumed after the last step or an early stop: only the test is left)
             self.train_model.train()
             epoch_start, seen = time.time(), 0
             # sums stay on the device: reading them each step would wait for the GPU every step
@@ -278,6 +297,7 @@ class Trainer:
                 last = self.step >= self.total_steps or start + config.batch_size >= len(order)
                 if self._check_due(last):
                     self._check(epoch + start / len(order), loss, grad_norm, lr)
+                crash_point("step")
                 if self.step >= self.total_steps:
                     break
             train_seconds = time.time() - epoch_start
@@ -334,6 +354,8 @@ class Trainer:
         return int(seen_all), loss_all, int(correct_all)
 
     def _train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self.config.train_crop:  # before the augmenter: its JPEG, blur and crops act on what the model sees
+            images = random_crop(images, self.config.train_crop, self.augmenter.generator)
         x = self.augmenter(images)
         with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
             logits = self.train_model(x)
@@ -379,19 +401,35 @@ class Trainer:
             self.epochs_without_better += 1
         meta = self._checkpoint_meta(epoch + 1, row)
         save_checkpoint(self.run.path / "last", self.model, meta)
+        crash_point("checkpoint")
         if improved:
             save_checkpoint(self.run.path / "best", self.model, meta)
-        torch.save({
+        # last_state.pt commits the epoch: a resume starts from it alone (it holds the weights too, so
+        # a process killed between the files above and it never mixes two epochs), and redoes an epoch
+        # whose last.* or best.* was written but not committed
+        self._save_state({
+            "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "augment_rng": self.augmenter.state_dict()["generator"], "torch_rng": torch.get_rng_state(),
             "step": self.step, "epoch": epoch + 1, "best_val_loss": self.best_val_loss,
-            "epochs_without_better": self.epochs_without_better, "elapsed": row["elapsed"],
-        }, self.run.path / ".last_state.pt.tmp")
-        os.replace(self.run.path / ".last_state.pt.tmp", self.run.path / "last_state.pt")
+            "epochs_without_better": self.epochs_without_better, "elapsed": row["elapsed"], "epoch_row": row,
+        })
         # the epoch row goes last: a reader that sees it can rely on its checkpoint being on disk
         self.run.append_metrics(row)
         self.run.write_status(RUNNING, epoch=epoch + 1, step=self.step)
         self.progress("epoch", row)
+
+    def _save_state(self, state: dict[str, Any]) -> None:
+        tmp = self.run.path / ".last_state.pt.tmp"
+        try:
+            torch.save(state, tmp)
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+            crash_point("state")
+            os.replace(tmp, self.run.path / "last_state.pt")
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     def _checkpoint_meta(self, epoch: int, metrics: dict) -> dict[str, Any]:
         return {
@@ -429,6 +467,7 @@ class Trainer:
         for image_id, label, p in zip(ids, labels, probs):
             writer.writerow([image_id, CLASSES[int(label)], f"{p:.6f}", CLASSES[0] if p >= 0.5 else CLASSES[1]])
         atomic_write_text(self.run.path / "test_predictions.csv", buffer.getvalue())
+        crash_point("test")
         atomic_write_json(self.run.path / "test_metrics.json", metrics)
         self._calibrate(test_logits)
         return metrics
@@ -440,6 +479,18 @@ class Trainer:
         calibration = calibration_from_logits(self._logits("val").numpy(), self.data.labels[val],
                                               test_logits.numpy(), self.data.labels[test])
         save_calibration(self.run, calibration)
+
+
+def _failure(exc: BaseException, run: Run) -> dict[str, str]:
+    """The message and hint of a failed run's status."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return {
+            "message": f"the disk is full (no space left to write in {run.path}): the run stopped, "
+                       "its last complete checkpoint is kept",
+            "hint": f"free space on the disk of {run.path.parent} (delete runs you no longer need, or the image "
+                    "cache), then resume the run: it goes on from its last complete epoch",
+        }
+    return {"message": f"{type(exc).__name__}: {exc}", "hint": ""}
 
 
 def train(config: TrainConfig, runs_dir: str | Path | None = None, progress: ProgressFn | None = None) -> Run:

@@ -11,7 +11,7 @@ from PIL import Image
 
 from fvr_core.datasources import default_dataset, overview
 from fvr_core.runs import Run, all_runs
-from fvr_core.settings import CLASSES, AppLimits, app_limits, page_threads
+from fvr_core.settings import CLASSES, AppLimits, app_limits, page_threads, prediction_slot
 
 DATA_KEY = "data_path"
 WATCH_KEY = "watch_run"
@@ -68,12 +68,14 @@ def prepared_photo(data: bytes, name: str, face_crop: bool):
     """A photo decoded and its faces found once, not again on every rerun of the page."""
     from fvr_core.predict import prepare_photo
 
-    return prepare_photo(data, name, face_crop)
+    with prediction_slot():  # face detection: a few at a time for all sessions (memory stays bounded)
+        return prepare_photo(data, name, face_crop)
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
 def _heatmap(checkpoint: str, version: tuple[float, float], image: Image.Image, target: str):
-    picture, found = _predictor(checkpoint, version).saliency_picture(image, target=CLASSES.index(target))
+    with prediction_slot():
+        picture, found = _predictor(checkpoint, version).saliency_picture(image, target=CLASSES.index(target))
     return picture, "empty map: no region raised this score" if found.empty else ""
 
 
@@ -93,6 +95,23 @@ def run_label(run: Run) -> str:
     score = f" · test bal. acc {test['balanced_accuracy']:.1%}" if test.get("balanced_accuracy") is not None else ""
     prefix = "reference · " if run.is_reference else ""
     return f"{prefix}{model} · {name or run.id[-6:]} ({run.id[:15]}){score}"
+
+
+def accepted_uploads(uploads) -> list:
+    """The uploaded files (one, a list or None) within this app's limits: each file over the size cap
+    is refused with a message (the uploader's own cap is checked by the browser only), and only
+    the first max_upload_files are kept."""
+    lim = limits()
+    kept = []
+    for upload in uploads if isinstance(uploads, list) else [uploads] if uploads is not None else []:
+        problem = lim.upload_problem(upload.name, upload.size)
+        if problem:
+            st.error(problem)
+        else:
+            kept.append(upload)
+    if len(kept) > lim.max_upload_files:
+        st.warning(f"{len(kept)} files uploaded: this app looks at the first {lim.max_upload_files}.")
+    return kept[: lim.max_upload_files]
 
 
 def demo_banner() -> None:

@@ -3,7 +3,7 @@ see what it holds: class counts, sample images, split sizes and the files that w
 
 import streamlit as st
 
-from fvr_core.archive import ArchiveError, ArchiveLimits, extract_dataset_zip
+from fvr_core.archive import ArchiveError, extract_dataset_zip
 from fvr_core.charts import class_counts_figure, split_sizes_figure
 from fvr_core.config import TrainConfig
 from fvr_core.dataset import DataError, find_dataset_root
@@ -11,7 +11,7 @@ from fvr_core.datasources import known_datasets, resolve_user_path
 from fvr_core.demo import make_demo_dataset
 from fvr_core.download import DownloadError, download_kaggle
 from fvr_core.images import ImageError, prepare_image
-from pages._common import DATA_KEY, current_dataset, data_overview, demo_banner, limits
+from pages._common import DATA_KEY, accepted_uploads, current_dataset, data_overview, demo_banner, limits
 
 st.title("Data")
 demo_banner()
@@ -36,11 +36,12 @@ if source == "Demo set (synthetic)":
             choose(make_demo_dataset())
 elif source == "Upload a zip":
     st.caption("A zip of the folders fake/ and real/ (optionally with data.csv, as on Kaggle).")
-    upload = st.file_uploader("Data set zip", type=["zip"], key="data_zip", max_upload_size=lim.max_upload_mb)
+    upload = next(iter(accepted_uploads(st.file_uploader("Data set zip", type=["zip"], key="data_zip",
+                                                         max_upload_size=lim.max_upload_mb))), None)
     if upload is not None and st.button("Use this zip", type="primary"):
         try:
             with st.spinner("Checking and unpacking the zip..."):
-                choose(find_dataset_root(extract_dataset_zip(upload, limits=ArchiveLimits())))
+                choose(find_dataset_root(extract_dataset_zip(upload, limits=lim.archive_limits())))
         except (ArchiveError, DataError) as exc:
             st.error(f"{upload.name}: {exc}")
 elif source == "Folder path":

@@ -4,7 +4,7 @@ a saliency map; evaluate a labelled set of outside photos; predict a whole folde
 
 import streamlit as st
 
-from fvr_core.archive import ArchiveError, ArchiveLimits, extract_dataset_zip
+from fvr_core.archive import ArchiveError, extract_dataset_zip
 from fvr_core.charts import probability_figure
 from fvr_core.compare import best_run_per_model, predictable_runs, predictions_csv
 from fvr_core.dataset import DataError
@@ -12,8 +12,8 @@ from fvr_core.images import thumbnail_data_uri as thumbnail_uri
 from fvr_core.datasources import resolve_user_folder
 from fvr_core.outside import OutsideError, labelled_photos, list_photos, unwrap
 from fvr_core.runs import RunError
-from fvr_core.settings import unsure_band
-from pages._common import demo_banner, heatmap_overlay, limits, predictor, prepared_photo, run_label, runs
+from fvr_core.settings import prediction_slot, unsure_band
+from pages._common import accepted_uploads, demo_banner, heatmap_overlay, limits, predictor, prepared_photo, run_label, runs
 
 st.title("Predict")
 demo_banner()
@@ -108,8 +108,8 @@ def choose_folder(key: str) -> object:
         if source == "Folder path":
             text = st.text_input("Folder", placeholder="/path/to/photos", key=f"{key}_path")
             return unwrap(resolve_user_folder(text, lim)) if text else None
-        upload = st.file_uploader("Zip of photos", type=["zip"], key=f"{key}_zip", max_upload_size=lim.max_upload_mb)
-        return unwrap(extract_dataset_zip(upload, limits=ArchiveLimits())) if upload is not None else None
+        upload = accepted_uploads(st.file_uploader("Zip of photos", type=["zip"], key=f"{key}_zip", max_upload_size=lim.max_upload_mb))
+        return unwrap(extract_dataset_zip(upload[0], limits=lim.archive_limits())) if upload else None
     except (ArchiveError, DataError, OutsideError) as exc:
         st.error(str(exc))
         return None
@@ -118,19 +118,17 @@ def choose_folder(key: str) -> object:
 photos_tab, labelled_tab, folder_tab = st.tabs(["Photos", "Labelled set", "Folder to CSV"])
 
 with photos_tab:
-    uploads = st.file_uploader("Photos (jpg, png, webp)", type=["jpg", "jpeg", "png", "webp"], accept_multiple_files=True,
-                               max_upload_size=lim.max_upload_mb, key="photos")
+    uploads = accepted_uploads(st.file_uploader("Photos (jpg, png, webp)", type=["jpg", "jpeg", "png", "webp"],
+                                                accept_multiple_files=True, max_upload_size=lim.max_upload_mb, key="photos"))
     if not uploads:
         st.info("Upload one or more photos to see what the models say.")
     else:
-        if len(uploads) > lim.max_upload_files:
-            st.warning(f"{len(uploads)} photos uploaded: this app looks at the first {lim.max_upload_files}.")
-            uploads = uploads[: lim.max_upload_files]
         from fvr_core.predict import predict_with_each
 
         with st.spinner(f"Finding faces and asking {len(predictors)} model(s) about {len(uploads)} photo(s)..."):
             prepared = [prepared_photo(u.getvalue(), u.name, face_crop) for u in uploads]
-            rows = predict_with_each(predictors, prepared, tta, band)
+            with prediction_slot():  # a few predictions at a time for all sessions: memory stays bounded
+                rows = predict_with_each(predictors, prepared, tta, band)
         st.download_button("Download all predictions (CSV)", predictions_csv(rows), file_name="fvr-predictions.csv",
                            mime="text/csv", icon=":material/download:")
         for i, photo in enumerate(prepared):
@@ -153,7 +151,7 @@ with labelled_tab:
                 st.warning(problem)
             from fvr_core.outside import evaluate_labelled, predict_photos
 
-            with st.spinner(f"Judging {len(photos)} labelled photos..."):
+            with st.spinner(f"Judging {len(photos)} labelled photos..."), prediction_slot():
                 prepared, rows = predict_photos(predictors, photos, face_crop, tta, band)
                 scores, table = evaluate_labelled(rows, photos)
             st.dataframe(scores, hide_index=True, width="stretch", column_config={
@@ -186,7 +184,7 @@ with folder_tab:
         elif st.button(f"Predict {len(photos)} photos", type="primary"):
             from fvr_core.outside import predict_photos
 
-            with st.spinner(f"Judging {len(photos)} photos..."):
+            with st.spinner(f"Judging {len(photos)} photos..."), prediction_slot():
                 _, rows = predict_photos(predictors, photos, face_crop, tta, band)
             st.download_button("Download predictions (CSV)", predictions_csv(rows), file_name="fvr-folder-predictions.csv",
                                mime="text/csv", icon=":material/download:", type="primary", on_click="ignore")

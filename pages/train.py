@@ -210,7 +210,8 @@ def live_view() -> None:
     elif state == DIVERGED:
         st.error(f"{run.id} diverged: {status.get('message', '')}. Try this: {status.get('hint', '')}.")
     elif state == FAILED:
-        st.error(f"{run.id} failed: {status.get('message', 'no message')}")
+        hint = f" {status['hint']}" if status.get("hint") else ""
+        st.error(f"{run.id} failed: {status.get('message', 'no message')}.{hint}")
     elif state in (STOPPED, INTERRUPTED):
         st.warning(f"{run.id} is {state}: {status.get('message', '')}")
     if state in ACTIVE_STATES and st.button("Stop", key=f"stop_{run.id}", icon=":material/stop_circle:"):
@@ -218,7 +219,7 @@ def live_view() -> None:
         st.toast(f"Asked {run.id} to stop")
     if state in RESUMABLE and not run.is_reference and st.button("Resume", key=f"resume_{run.id}"):
         try:
-            resume_in_background(run, lim.max_concurrent_runs)
+            resume_in_background(run, limits=lim)
         except RunError as exc:
             st.error(str(exc))
     if run.step_rows():

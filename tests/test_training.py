@@ -166,3 +166,23 @@ def test_unusable_data_fails_the_run_with_the_reason(tmp_path):
     (run,) = RunStore(tmp_path / "runs").list()
     assert run.state == FAILED and "real has 0" in run.status()["message"]
     assert (run.path / "error.txt").is_file()
+
+
+def test_training_on_native_crops_evaluates_whole_images(colour_data, tmp_path):
+    run = train(small(colour_data, epochs=1, image_size=48, train_crop=32), runs_dir=tmp_path)
+    assert run.state == COMPLETED, run.status()
+    assert run.test_metrics()["n"] == 8  # whole 48 px test images went through the same model
+    with pytest.raises(Exception, match="train_crop"):
+        small(colour_data, train_crop=64).validate()  # larger than image_size (32)
+
+
+def test_random_crops_are_untouched_windows_of_each_image():
+    from fvr_core.augment import random_crop
+
+    images = torch.arange(4 * 3 * 20 * 20, dtype=torch.int32).reshape(4, 3, 20, 20)
+    crops = random_crop(images, 8, torch.Generator().manual_seed(0))
+    assert crops.shape == (4, 3, 8, 8)
+    for image, crop in zip(images, crops):
+        top, left = divmod(int(crop[0, 0, 0] - image[0, 0, 0]), 20)
+        assert torch.equal(crop, image[:, top:top + 8, left:left + 8])
+    assert torch.equal(random_crop(images, 20, torch.Generator()), images)

@@ -1,0 +1,78 @@
+"""Shipping a finished run with the repository (checkpoints/reference), so that Compare and
+Predict show it on a fresh clone: the run format without what only training needs (the last
+checkpoint, optimizer state, heartbeat), its best weights in fp16 when that keeps them small
+enough for git, and only its metrics and curves when even fp16 is too large.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from .runs import COMPLETED, DIVERGED, Run, RunError, atomic_write_json, now_iso, read_json
+from .settings import reference_root
+
+# what a reader of a finished run uses; the rest (last.*, last_state.pt, heartbeat, claimed) is training's
+KEPT_FILES = ("config.json", "status.json", "metrics.jsonl", "data_report.json", "split.json", "test_metrics.json",
+              "test_predictions.csv", "calibration.json", "robustness.json", "best.json")
+MAX_WEIGHTS_MB = 25.0  # a file git hosts comfortably; larger models ship their metrics and curves only
+PROCESS_FIELDS = ("pid", "pid_start", "host")  # who trained it: meaningless on another machine
+
+
+def _write_weights(source: Path, target: Path, max_mb: float) -> str:
+    """Copy the best weights as fp32 if they fit `max_mb`, else as fp16 if that fits; returns
+    "fp32", "fp16" or "none"."""
+    if source.stat().st_size <= max_mb * 1e6:
+        shutil.copy2(source, target)
+        return "fp32"
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(source), framework="pt") as fh:
+        metadata = fh.metadata()
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    halved = {k: t.half() if t.is_floating_point() else t for k, t in tensors.items()}
+    if sum(t.numel() * t.element_size() for t in halved.values()) > max_mb * 1e6:
+        return "none"
+    save_file(halved, str(target), metadata=metadata)
+    return "fp16"
+
+
+def export_reference(run: Run, dest_root: str | Path | None = None, max_mb: float = MAX_WEIGHTS_MB) -> Run:
+    """Copy a completed run into `dest_root` (default checkpoints/reference) as a reference run.
+    Replaces an earlier export of the same run."""
+    if run.state not in (COMPLETED, DIVERGED):  # a diverged run is a result too (vgg19 in the original recipe)
+        raise RunError(f"run {run.id} is {run.state}: only completed or diverged runs can be shipped as reference runs")
+    dest_root = Path(dest_root) if dest_root is not None else reference_root()
+    dest_root.mkdir(parents=True, exist_ok=True)
+    target = dest_root / run.id
+    tmp = Path(tempfile.mkdtemp(prefix=f".{run.id}.", dir=dest_root))
+    try:
+        for name in KEPT_FILES:
+            if (run.path / name).is_file():
+                shutil.copy2(run.path / name, tmp / name)
+        status = read_json(tmp / "status.json") or {}
+        atomic_write_json(tmp / "status.json", {k: v for k, v in status.items() if k not in PROCESS_FIELDS})
+        best = run.path / "best.safetensors"
+        weights = _write_weights(best, tmp / "best.safetensors", max_mb) if best.is_file() else "none"
+        if weights == "none":
+            (tmp / "best.json").unlink(missing_ok=True)  # metadata without weights would read as a checkpoint
+        atomic_write_json(tmp / "reference.json", {
+            "source_run": str(run.path), "exported": now_iso(), "weights": weights, "max_mb": max_mb,
+            "note": "" if weights != "none" else (f"weights over {max_mb:g} MB even in fp16: metrics and curves only"
+                                                  if best.is_file() else "no checkpoint: the run never finished an epoch"),
+        })
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return Run(target)
+
+
+def reference_info(run: Run) -> dict:
+    """What export_reference recorded (weights: fp32, fp16 or none), or {} for other runs."""
+    info = read_json(run.path / "reference.json")
+    return info if isinstance(info, dict) else {}
+

@@ -1,0 +1,329 @@
+"""A safe public demo (FVR_DEMO_MODE=1): every cap is enforced in fvr_core and shown in the pages,
+data comes only from the data root or uploads, uploads are capped in size and count, paths and
+deleting are off, and nothing a visitor types reaches a shell or a path outside the app's folders."""
+
+from __future__ import annotations
+
+import ast
+import io
+import os
+import re
+import zipfile
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from conftest import REPO, make_class_folders
+from fvr_core import settings
+from fvr_core.archive import ArchiveError, extract_dataset_zip
+from fvr_core.config import ConfigError, TrainConfig, check_limits
+from fvr_core.dataset import DataError
+from fvr_core.datasources import default_dataset, known_datasets, resolve_user_folder, resolve_user_path
+from fvr_core.runs import QUEUED, RunError, RunStore
+from fvr_core.settings import DEMO_MODELS, app_limits
+from test_pages import app, no_traceback, page, texts
+
+RUN_ID = re.compile(r"^\d{8}-\d{6}-\d{3}-[a-z0-9_]+-[0-9a-f]{6}$")
+
+
+@pytest.fixture
+def demo(monkeypatch):
+    monkeypatch.setenv("FVR_DEMO_MODE", "1")
+    return app_limits()
+
+
+@pytest.fixture
+def faces() -> Path:
+    """A data set inside the data root, where demo mode lets visitors train."""
+    return make_class_folders(settings.data_root() / "faces", 6, 6)
+
+
+@pytest.fixture(scope="module")
+def reference_runs(tmp_path_factory):
+    """A finished small run, served as a reference run (what Predict and Compare show on a fresh clone)."""
+    from fvr_core.training import train
+
+    base = tmp_path_factory.getbasetemp()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FVR_CACHE_DIR", str(base / "fvr-cache"))
+        data = make_class_folders(tmp_path_factory.mktemp("demo-ref-data"), 8, 8, size=(32, 32))
+        folder = tmp_path_factory.mktemp("demo-reference")
+        train(TrainConfig(data=str(data), model="cnn", epochs=1, image_size=32, batch_size=8, threads=1), runs_dir=folder)
+    return folder
+
+
+@pytest.fixture
+def queue_only(monkeypatch):
+    """Launches queue their run without a worker; the workers asked for are recorded."""
+    import fvr_core.launcher as launcher
+
+    started = []
+    monkeypatch.setattr(launcher, "start_worker", lambda root, max_concurrent=1, idle_seconds=0.0: started.append(max_concurrent))
+    return started
+
+
+def jpeg(size=(96, 96), color=(90, 120, 200), noise: int = 0) -> bytes:
+    buffer = io.BytesIO()
+    image = Image.new("RGB", size, color) if not noise else Image.frombytes("RGB", size, os.urandom(size[0] * size[1] * 3))
+    image.save(buffer, "JPEG", quality=95)
+    return buffer.getvalue()
+
+
+def train_button(at):
+    return next(b for b in at.button if b.label == "Train")
+
+
+# ---------------------------------------------------------------- the limits, in the library
+
+
+def test_demo_mode_is_read_from_the_environment_at_each_call(monkeypatch):
+    assert not app_limits().demo and app_limits().allow_paths and app_limits().allow_delete
+    monkeypatch.setenv("FVR_DEMO_MODE", "1")
+    lim = app_limits()
+    assert lim.demo and not lim.allow_paths and not lim.allow_delete
+    assert (lim.max_epochs, lim.max_image_size, lim.models, lim.max_concurrent_runs, lim.max_queued_runs) == (5, 128, DEMO_MODELS, 1, 3)
+    assert (lim.max_upload_mb, lim.max_upload_files, lim.max_extracted_mb) == (20, 20, 200)
+    monkeypatch.setenv("FVR_DEMO_MAX_EPOCHS", "2")
+    monkeypatch.setenv("FVR_MAX_CONCURRENT_RUNS", "4")  # a local setting: demo mode keeps one run at a time
+    assert app_limits().max_epochs == 2 and app_limits().max_concurrent_runs == 1
+    monkeypatch.setenv("FVR_DEMO_MAX_EPOCHS", "lots")
+    with pytest.raises(ValueError, match="FVR_DEMO_MAX_EPOCHS='lots' must be a whole number"):
+        app_limits()
+
+
+def test_demo_mode_from_a_root_level_secret(tmp_path, monkeypatch):
+    """.streamlit/config.toml cannot hold it (Streamlit ignores unknown options); a root-level secret
+    (Community Cloud's Secrets, or .streamlit/secrets.toml) is exported as an environment variable."""
+    from streamlit.runtime.secrets import Secrets
+    from streamlit.testing.v1.util import patch_config_options
+
+    secrets_file = tmp_path / "secrets.toml"
+    secrets_file.write_text('FVR_DEMO_MODE = "1"\nFVR_DEMO_MAX_EPOCHS = "3"\n')
+    monkeypatch.delenv("FVR_DEMO_MAX_EPOCHS", raising=False)
+    secrets = Secrets()
+    with patch_config_options({"secrets.files": [str(secrets_file)]}):
+        assert secrets.load_if_toml_exists()
+    try:
+        assert app_limits().demo and app_limits().max_epochs == 3
+    finally:
+        secrets._reset()  # takes the variables it exported back out
+    assert not app_limits().demo
+    assert "FVR_DEMO_MODE" in (REPO / ".streamlit" / "config.toml").read_text()  # where to look, said where one would
+
+
+def test_every_training_cap_is_enforced_in_the_library(demo, faces, queue_only):
+    from fvr_core.launcher import launch
+
+    ok = TrainConfig(data=str(faces), model="cnn", epochs=5, image_size=128)
+    check_limits(ok, demo)
+    for changes, message in [({"epochs": 6}, "epochs=6: this app allows at most 5"),
+                             ({"image_size": 160}, "image_size=160: this app allows at most 128 px"),
+                             ({"model": "vgg19"}, "model='vgg19': this app offers cnn, resnet18, mobilenet_v3_small"),
+                             ({"model": "resnet18", "pretrained": True}, "downloads are turned off")]:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            check_limits(ok.replace(**changes), demo)
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            launch(ok.replace(**changes), limits=demo)
+    assert RunStore().list() == []  # nothing refused was queued
+
+    launched = [launch(ok.replace(seed=s), limits=demo) for s in range(demo.max_queued_runs)]
+    with pytest.raises(RunError, match="3 runs are already queued or running"):
+        launch(ok, limits=demo)
+    assert queue_only == [1] * len(launched)  # one run trains at a time
+    assert len(RunStore().list(state=QUEUED)) == demo.max_queued_runs
+
+
+def test_resuming_respects_the_queue_cap(demo, faces, queue_only):
+    from fvr_core.launcher import launch, resume_in_background
+    from fvr_core.runs import STOPPED
+
+    config = TrainConfig(data=str(faces), model="cnn", epochs=1, image_size=32)
+    stopped = RunStore().create(config)
+    stopped.write_status(STOPPED, message="stopped as asked")
+    for seed in range(demo.max_queued_runs):
+        launch(config.replace(seed=seed), limits=demo)
+    with pytest.raises(RunError, match="already queued or running"):
+        resume_in_background(stopped, limits=demo)
+    assert stopped.state == STOPPED
+
+
+def test_training_data_must_come_from_the_data_root(demo, faces, tmp_path, queue_only):
+    from fvr_core.launcher import launch
+
+    outside = make_class_folders(tmp_path / "elsewhere", 4, 4)
+    with pytest.raises(DataError, match="only reads folders under its data folder"):
+        launch(TrainConfig(data=str(outside), model="cnn", epochs=1, image_size=32), limits=demo)
+    with pytest.raises(DataError, match="only reads folders under its data folder"):
+        launch(TrainConfig(data=str(faces / ".." / ".." / tmp_path.name / "elsewhere"), model="cnn", epochs=1, image_size=32), limits=demo)
+    assert launch(TrainConfig(data=str(faces), model="cnn", epochs=1, image_size=32), limits=demo).state == QUEUED
+
+
+def test_typed_folders_outside_the_data_root_are_refused(demo, faces, tmp_path):
+    root = settings.data_root()
+    secret = make_class_folders(tmp_path / "secret", 3, 3)
+    (root / "link").symlink_to(secret, target_is_directory=True)
+    (faces / "real" / "escape").symlink_to(secret, target_is_directory=True)
+    for text in [str(secret), f"{root}/../{secret.parent.name}/secret", f"{faces}/../../../..", "/etc", "~",
+                 f"{root}/link", f"{faces}/real/escape", "../" * 20 + "etc"]:
+        with pytest.raises(DataError, match="only reads folders under its data folder"):
+            resolve_user_folder(text, demo)
+    assert resolve_user_path(str(faces), demo) == faces.resolve()
+    assert resolve_user_folder(f"{faces}/fake/../real", demo) == (faces / "real").resolve()
+    assert resolve_user_folder(str(secret), None) == secret.resolve()  # outside demo mode: any folder
+
+
+def test_only_the_data_root_is_offered_or_chosen(demo, faces, tmp_path, monkeypatch):
+    from fvr_core.runs import Run
+
+    shared = tmp_path / "shared"
+    make_class_folders(shared / "team-set", 3, 3)
+    monkeypatch.setenv("FVR_SHARED_DATASETS", str(shared))
+    monkeypatch.setenv("FVR_DATA", str(make_class_folders(tmp_path / "env-set", 3, 3)))
+    assert set(known_datasets(demo).values()) == {faces}
+    assert {"shared team-set", "$FVR_DATA"} <= set(known_datasets(None))
+    outside_run = RunStore().create(TrainConfig(data=str(tmp_path / "env-set"), model="cnn"))
+    assert default_dataset([Run(outside_run.path)], demo) == faces  # a run's data outside the root is not reused
+
+
+def test_an_upload_unpacks_to_at_most_the_demo_cap(demo, monkeypatch, tmp_path):
+    monkeypatch.setenv("FVR_DEMO_MAX_EXTRACTED_MB", "1")
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for label in ("fake", "real"):
+            for i in range(3):
+                zf.writestr(f"{label}/{i}.jpg", jpeg((400, 400), noise=1))  # ~350 KB each: 2 MB in all
+    with pytest.raises(ArchiveError, match="over the limit"):
+        extract_dataset_zip(buffer.getvalue(), tmp_path / "uploads", limits=app_limits().archive_limits())
+    assert extract_dataset_zip(buffer.getvalue(), tmp_path / "uploads", limits=settings.AppLimits().archive_limits()).is_dir()
+
+
+# ---------------------------------------------------------------- nothing typed reaches a shell
+
+
+def _calls(tree: ast.AST):
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            f = node.func
+            name = f.id if isinstance(f, ast.Name) else f"{getattr(f.value, 'id', '?')}.{f.attr}" if isinstance(f, ast.Attribute) else "?"
+            yield name, node
+
+
+def test_no_shell_anywhere_in_the_library_or_pages():
+    files = [*sorted((REPO / "fvr_core").glob("*.py")), *sorted((REPO / "pages").glob("*.py")), REPO / "streamlit_app.py"]
+    problems, processes = [], 0
+    for path in files:
+        for name, call in _calls(ast.parse(path.read_text(), str(path))):
+            where = f"{path.relative_to(REPO)}:{call.lineno} {name}"
+            if name in ("os.system", "os.popen", "eval", "exec", "pty.spawn") or name.startswith("os.exec") or name.startswith("os.spawn"):
+                problems.append(where)
+            if any(k.arg == "shell" for k in call.keywords):
+                problems.append(f"{where}: shell=")
+            if name.startswith("subprocess.") and name not in ("subprocess.DEVNULL", "subprocess.PIPE"):
+                processes += 1
+                if not call.args or not isinstance(call.args[0], ast.List):
+                    problems.append(f"{where}: a command that is not a list of arguments")
+    assert not problems, problems
+    assert processes == 1  # launcher.start_worker: [sys.executable, "-m", "fvr_core", "worker", ...], no shell
+
+
+def test_a_typed_run_name_stays_data(demo, faces, queue_only, monkeypatch):
+    from fvr_core.launcher import launch
+
+    monkeypatch.setenv("FVR_DEMO_MAX_QUEUED_RUNS", "10")
+    demo = app_limits()
+
+    for name in ["../../etc", "$(rm -rf /)", "`id`; rm -rf ~ && echo", "/tmp/x\n\x00", "a" * 500]:
+        run = launch(TrainConfig(data=str(faces), model="cnn", epochs=1, image_size=32, name=name), limits=demo)
+        assert run.path.parent == RunStore().root and RUN_ID.match(run.id), run.id  # the folder name is generated
+        assert run.config.name == name  # the text is kept as data, in config.json
+    with pytest.raises(ConfigError, match="choose one of"):
+        RunStore().create(TrainConfig(data=str(faces), model="../../cnn"))  # the one config part in a folder name
+
+
+# ---------------------------------------------------------------- the pages in demo mode
+
+
+def test_train_page_caps_and_refusals_are_messages(demo, faces, tmp_path, queue_only):
+    from fvr_core.estimate import measure_speed
+
+    measure_speed("cnn", 64, 32, budget_seconds=0.2)  # the page's estimate, cached for it
+    at = page(app(faces), "train")
+    no_traceback(at)
+    assert "Public demo" in texts(at.caption)
+    assert at.slider(key="cfg_epochs").max == demo.max_epochs
+    assert max(int(o) for o in at.select_slider(key="cfg_image_size").options) == demo.max_image_size
+    assert {o.split()[0] for o in at.selectbox(key="cfg_model").options} == set(DEMO_MODELS)
+    assert at.checkbox(key="cfg_pretrained").disabled
+    assert next(b for b in at.button if b.label == "Train all four").disabled
+
+    at.text_input(key="cfg_name").input("$(rm -rf /) ../../etc").run()
+    train_button(at).click().run()
+    no_traceback(at)
+    (run,) = RunStore().list()
+    assert RUN_ID.match(run.id) and run.config.name == "$(rm -rf /) ../../etc" and queue_only == [1]
+
+    at.slider(key="cfg_epochs").set_value(50).run()  # past the widget's bound, as a crafted request could be
+    no_traceback(at)
+    assert at.session_state["cfg_epochs"] <= demo.max_epochs  # Streamlit drops it; launch() would refuse it too
+    at.slider(key="cfg_epochs").set_value(2).run()
+
+    for seed in range(demo.max_queued_runs - 1):
+        RunStore().create(TrainConfig(data=str(faces), model="cnn", seed=seed))
+    train_button(at).click().run()
+    no_traceback(at)
+    assert "3 runs are already queued or running" in texts(at.error) and len(RunStore().list()) == 3
+
+    at.session_state["data_path"] = str(make_class_folders(tmp_path / "outside", 6, 6))  # chosen before demo mode, say
+    train_button(at).click().run()
+    no_traceback(at)
+    assert "only reads folders under its data folder" in texts(at.error) and len(RunStore().list()) == 3
+
+
+def test_data_page_offers_no_paths_and_no_download(demo, faces):
+    at = page(app(), "data")
+    no_traceback(at)
+    assert at.get("button_group")[0].proto.options and not any(
+        o.content in ("Folder path", "Kaggle download") for o in at.get("button_group")[0].proto.options)
+    assert not [t for t in at.text_input]
+    (offered,) = at.selectbox[0].options  # what is on this machine: the data root only
+    assert offered.startswith(f"faces  ({faces}")
+
+
+def test_predict_page_takes_only_capped_uploads(demo, reference_runs, monkeypatch):
+    monkeypatch.setenv("FVR_REFERENCE_DIR", str(reference_runs))
+    monkeypatch.setenv("FVR_DEMO_MAX_UPLOAD_FILES", "2")
+    monkeypatch.setenv("FVR_DEMO_MAX_UPLOAD_MB", "1")
+    at = page(app(), "predict")
+    no_traceback(at)
+    uploaders = {u.label: u.proto.max_upload_size_mb for u in at.get("file_uploader")}
+    assert set(uploaders.values()) == {1}, uploaders  # every uploader: the browser's cap is the demo cap
+    for group in at.get("button_group"):  # Labelled set, Folder to CSV: a zip, never a folder path
+        assert [o.content for o in group.proto.options] == ["Upload a zip"]
+    assert not [t for t in at.text_input]
+
+    at.file_uploader(key="photos").set_value([(f"p{i}.jpg", jpeg(color=(40 * i, 90, 120)), "image/jpeg") for i in range(3)]
+                                            + [("huge.jpg", jpeg((1400, 1400), noise=1), "image/jpeg")]).run()
+    no_traceback(at)
+    assert "huge.jpg is" in texts(at.error) and "up to 1 MB" in texts(at.error)  # refused on the server too
+    assert "this app looks at the first 2" in texts(at.warning)
+    assert [s.value for s in at.subheader] == ["p0.jpg", "p1.jpg"]
+
+    big_zip = io.BytesIO()
+    with zipfile.ZipFile(big_zip, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("labels.csv", "file,label\nbig.jpg,fake\n")
+        zf.writestr("big.jpg", jpeg((1400, 1400), noise=1))
+    at.file_uploader(key="labelled_zip").set_value(("outside.zip", big_zip.getvalue(), "application/zip")).run()
+    no_traceback(at)
+    assert "outside.zip is" in texts(at.error) and not at.dataframe
+
+
+def test_compare_page_offers_no_delete(demo, reference_runs, monkeypatch):
+    monkeypatch.setenv("FVR_REFERENCE_DIR", str(reference_runs))
+    at = page(app(), "compare")
+    no_traceback(at)
+    assert "Delete runs" not in [e.label for e in at.expander]
+    monkeypatch.delenv("FVR_DEMO_MODE")
+    at = page(app(), "compare")
+    no_traceback(at)
+    assert "Delete runs" in [e.label for e in at.expander]
