@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -532,6 +533,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(EXIT_FAILED, str(exc))
     except KeyboardInterrupt:
         return _fail(EXIT_STOPPED, "interrupted")
+    except BrokenPipeError:  # the reader went away (`... | head`): nothing to tell it
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush does not fail again
+        return EXIT_OK
     except OSError as exc:  # a full disk, a folder that vanished: the run's status says what it was doing
         return _fail(EXIT_FAILED, f"{exc.strerror or exc}{f' ({exc.filename})' if exc.filename else ''}: "
                                   "free space or fix the path, then resume the run")

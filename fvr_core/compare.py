@@ -154,3 +154,14 @@ def robustness_table(reports: dict[str, list[dict[str, Any]]]) -> pd.DataFrame:
     columns = ["corruption", "accuracy", "balanced_accuracy", "roc_auc", "flip_rate", "verdict_change_rate", "mean_abs_prob_change"]
     return pd.DataFrame([{"run": name, **{c: row.get(c) for c in columns}, "corruption": row["label"]}
                          for name, rows in reports.items() for row in rows])
+
+
+def ensemble_test_metrics(runs: Sequence[Run]) -> dict[str, Any]:
+    """Test metrics of the runs' averaged probabilities of fake (runs on the same split: the same
+    seed and data). RunError when a run has no test predictions or the test images differ."""
+    tables = [test_predictions(run).set_index("id").sort_index() for run in runs]
+    if any(list(t.index) != list(tables[0].index) for t in tables[1:]):
+        raise RunError("the runs were tested on different images: ensemble only runs with the same data, split and seed")
+    labels = np.array([CLASSES.index(label) for label in tables[0]["label"]])
+    probs = np.mean([t["prob_fake"].to_numpy() for t in tables], axis=0)
+    return classification_metrics(labels, probs)

@@ -10,6 +10,7 @@ from PIL import Image
 
 from conftest import make_class_folders
 from fvr_core.config import TrainConfig
+from fvr_core.metrics import classification_metrics
 from fvr_core.predict import Predictor
 from fvr_core.reference import export_reference, reference_info
 from fvr_core.runs import COMPLETED, RunError, RunStore
@@ -55,3 +56,35 @@ def test_only_completed_runs_ship(run, tmp_path):
     queued = RunStore(tmp_path / "runs").create(run.config)
     with pytest.raises(RunError, match="only completed or diverged runs"):
         export_reference(queued, tmp_path / "ref")
+
+
+def test_an_ensemble_averages_the_runs_test_probabilities(run, tmp_path):
+    from fvr_core.compare import ensemble_test_metrics, test_predictions
+
+    alone = ensemble_test_metrics([run])
+    assert alone["accuracy"] == pytest.approx(run.test_metrics()["accuracy"])
+    other = train(run.config.replace(seed=run.config.seed, epochs=2), runs_dir=tmp_path)
+    both = ensemble_test_metrics([run, other])
+    mean = ((test_predictions(run)["prob_fake"] + test_predictions(other)["prob_fake"]) / 2).to_numpy()
+    labels = (test_predictions(run)["label"] == "real").astype(int).to_numpy()  # fake = 0, real = 1
+    assert both == classification_metrics(labels, mean)
+    moved = train(run.config.replace(seed=7), runs_dir=tmp_path)  # another split
+    with pytest.raises(RunError, match="different images"):
+        ensemble_test_metrics([run, moved])
+
+
+def test_the_shipped_reference_runs_load_and_predict():
+    """What a fresh clone shows on Compare and Predict: checkpoints/reference in this repository."""
+    from fvr_core.settings import PROJECT_ROOT
+
+    shipped = RunStore(PROJECT_ROOT / "checkpoints" / "reference").list()
+    if not shipped:
+        pytest.skip("no reference runs in this checkout")
+    image = Image.new("RGB", (64, 64), (128, 110, 100))
+    for ref in shipped:
+        assert ref.state in (COMPLETED, "diverged"), ref.id
+        if reference_info(ref)["weights"] != "none":
+            assert ref.checkpoint("best").stat().st_size <= 25e6
+            assert 0 <= Predictor.from_run(ref).predict_one(image, face_crop=False).prob_fake <= 1
+        elif ref.state == COMPLETED:
+            assert ref.test_metrics() and ref.epoch_rows()  # metrics and curves without weights
