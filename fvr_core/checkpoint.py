@@ -130,7 +130,8 @@ def load_training_state(path: str | Path, device: str | torch.device = "cpu") ->
             "unpickling it could run code. If you did not put it there, delete it and resume (the run then starts "
             "again from its first epoch)"
         ) from None
-    except (OSError, RuntimeError, EOFError, ValueError) as exc:
+    # garbage trips the unpickler in many ways: one random file in ten raised IndexError or KeyError
+    except (OSError, RuntimeError, EOFError, ValueError, LookupError) as exc:
         raise CheckpointError(f"{path} is damaged ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
                               "delete it and resume (the run then starts again from its first epoch)") from None
     if not isinstance(state, dict):

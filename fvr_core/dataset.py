@@ -114,7 +114,8 @@ def find_dataset_root(path: str | Path) -> Path:
     )
 
 
-def _inside(path: Path, root: Path) -> bool:
+def is_inside(path: Path, root: Path) -> bool:
+    """Whether `path`, links resolved, lies within `root`."""
     try:
         path.resolve().relative_to(root.resolve())
         return True
@@ -123,7 +124,7 @@ def _inside(path: Path, root: Path) -> bool:
 
 
 def _walk_images(folder: Path, root: Path, skipped: list[SkippedFile]) -> Iterable[Path]:
-    if not _inside(folder, root):  # a class folder that is a link to elsewhere: its files are not the data set's
+    if not is_inside(folder, root):  # a class folder that is a link to elsewhere: its files are not the data set's
         skipped.append(SkippedFile(folder.relative_to(root).as_posix(), "symbolic link pointing outside the data folder"))
         return
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
@@ -131,14 +132,14 @@ def _walk_images(folder: Path, root: Path, skipped: list[SkippedFile]) -> Iterab
         # os.walk does not follow linked folders (they may loop): list them instead of leaving them out silently
         for link in [Path(dirpath) / d for d in dirnames if (Path(dirpath) / d).is_symlink()]:
             dirnames.remove(link.name)
-            where = "to a folder (not followed)" if _inside(link, root) else "pointing outside the data folder"
+            where = "to a folder (not followed)" if is_inside(link, root) else "pointing outside the data folder"
             skipped.append(SkippedFile(link.relative_to(root).as_posix(), f"symbolic link {where}"))
         for name in sorted(filenames):
             if name.startswith("."):
                 continue
             path = Path(dirpath) / name
             rel = path.relative_to(root).as_posix()
-            if path.is_symlink() and not _inside(path, root):
+            if path.is_symlink() and not is_inside(path, root):
                 skipped.append(SkippedFile(rel, "symbolic link pointing outside the data folder"))
             elif path.suffix.lower() not in IMAGE_EXTENSIONS:
                 skipped.append(SkippedFile(rel, f"not an image file extension ({path.suffix or 'none'})"))

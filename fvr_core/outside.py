@@ -16,6 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .dataset import is_inside
 from .metrics import classification_metrics
 from .settings import CLASSES, IMAGE_EXTENSIONS
 
@@ -34,20 +35,12 @@ class OutsidePhoto:
     label: int | None = None  # index into CLASSES; None when unlabelled
 
 
-def _inside(path: Path, folder: Path) -> bool:
-    try:
-        path.resolve().relative_to(folder.resolve())
-        return True
-    except ValueError:
-        return False
-
-
 def list_photos(folder: str | Path) -> list[OutsidePhoto]:
     """Every image file under `folder` (sorted; links pointing outside it are left out)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise OutsideError(f"{folder} is not a folder: give the folder that holds the photos")
-    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and _inside(p, folder))
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and is_inside(p, folder))
     return [OutsidePhoto(p, p.relative_to(folder).as_posix()) for p in paths]
 
 

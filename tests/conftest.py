@@ -16,6 +16,15 @@ SHARED_FACES = SHARED_DATASETS / "tpdne-vs-ffhq-300"
 KAGGLE_CSV = SHARED_DATASETS / "hardfakevsrealfaces-data.csv"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def session_cache(tmp_path_factory):
+    """The decoded-image cache of the whole session, set before any module fixture trains (those
+    run before the per-test settings below, and would otherwise fill the user's ~/.cache/fvr)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FVR_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "fvr-cache"))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def isolated_folders(tmp_path_factory, monkeypatch):
     """Every test gets its own runs and data folders; the decoded-image cache is shared by the session."""

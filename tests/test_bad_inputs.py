@@ -822,11 +822,9 @@ def trained_dir(tmp_path_factory) -> Path:
     from fvr_core.training import train
 
     base = tmp_path_factory.mktemp("trained")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FVR_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "fvr-cache"))
-        data = make_class_folders(base / "faces", 6, 6, size=(32, 32))
-        run = train(TrainConfig(data=str(data), model="cnn", epochs=1, image_size=32, batch_size=8, threads=1),
-                    runs_dir=base / "runs")
+    data = make_class_folders(base / "faces", 6, 6, size=(32, 32))
+    run = train(TrainConfig(data=str(data), model="cnn", epochs=1, image_size=32, batch_size=8, threads=1),
+                runs_dir=base / "runs")
     assert run.state == "completed", run.status()
     return run.path
 

@@ -165,9 +165,7 @@ def noisy_run(tmp_path_factory):
         os.replace(root / "fake" / f"f{i}.jpg", root / "real" / f"f{i}.jpg")
         os.replace(root / "real" / f"r{i}.jpg", root / "fake" / f"r{i}.jpg")
     config = TrainConfig(data=str(root), model="cnn", epochs=4, image_size=32, batch_size=8, threads=1)
-    with pytest.MonkeyPatch.context() as mp:  # module scope runs before the per-test folders exist
-        mp.setenv("FVR_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "fvr-cache"))
-        run = train(config, runs_dir=tmp_path_factory.mktemp("runs"))
+    run = train(config, runs_dir=tmp_path_factory.mktemp("runs"))
     assert run.status()["state"] == "completed"
     return run
 

@@ -72,15 +72,6 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-@pytest.fixture(scope="module", autouse=True)
-def module_cache(tmp_path_factory):
-    """The session's image cache (conftest's) for this module's fixtures and children too: module
-    fixtures start before conftest's per-test settings, and the children outlive single tests."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FVR_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "fvr-cache"))
-        yield
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """Two classes of nearly the same colour: test probabilities stay near 0.5, so they show

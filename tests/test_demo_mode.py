@@ -44,12 +44,9 @@ def reference_runs(tmp_path_factory):
     """A finished small run, served as a reference run (what Predict and Compare show on a fresh clone)."""
     from fvr_core.training import train
 
-    base = tmp_path_factory.getbasetemp()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FVR_CACHE_DIR", str(base / "fvr-cache"))
-        data = make_class_folders(tmp_path_factory.mktemp("demo-ref-data"), 8, 8, size=(32, 32))
-        folder = tmp_path_factory.mktemp("demo-reference")
-        train(TrainConfig(data=str(data), model="cnn", epochs=1, image_size=32, batch_size=8, threads=1), runs_dir=folder)
+    data = make_class_folders(tmp_path_factory.mktemp("demo-ref-data"), 8, 8, size=(32, 32))
+    folder = tmp_path_factory.mktemp("demo-reference")
+    train(TrainConfig(data=str(data), model="cnn", epochs=1, image_size=32, batch_size=8, threads=1), runs_dir=folder)
     return folder
 
 

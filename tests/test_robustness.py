@@ -119,9 +119,7 @@ def small_run(tmp_path_factory):
 
     root = make_class_folders(tmp_path_factory.mktemp("colours"), n_fake=20, n_real=20, size=(32, 32))
     config = TrainConfig(data=str(root), model="cnn", epochs=3, image_size=32, batch_size=8, threads=1)
-    with pytest.MonkeyPatch.context() as mp:  # module scope runs before the per-test folders exist
-        mp.setenv("FVR_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "fvr-cache"))
-        run = train(config, runs_dir=tmp_path_factory.mktemp("runs"))
+    run = train(config, runs_dir=tmp_path_factory.mktemp("runs"))
     assert run.status()["state"] == "completed"
     return run
 
