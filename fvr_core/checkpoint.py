@@ -95,6 +95,12 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
         raise CheckpointError(f"checkpoint {path} does not exist")
     meta = read_checkpoint_meta(path)
     try:
+        state = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is damaged or not a safetensors file ({exc}); retrain or copy it again") from None
+    if meta["model"] == "cnn" and is_reconstructed_cnn(state):
+        meta = {**meta, "model": "cnn_v0"}  # saved as "cnn" before `cnn` became the write-up's model
+    try:
         model = build_model(meta["model"])
     except ModelError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
@@ -102,10 +108,6 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     if meta["image_size"] < smallest:
         raise CheckpointError(f"{path.with_suffix('.json')} gives image_size {meta['image_size']}: {meta['model']} needs at "
                               f"least {smallest} px; copy the checkpoint's .json again")
-    try:
-        state = load_file(str(path), device="cpu")
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path} is damaged or not a safetensors file ({exc}); retrain or copy it again") from None
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     try:
         model.load_state_dict(state, strict=True)
@@ -113,6 +115,13 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
         first = str(exc).strip().splitlines()[0]
         raise CheckpointError(f"{path} does not fit model {meta['model']!r} ({first}): the file and its JSON disagree") from None
     return model.to(device).eval(), meta
+
+
+def is_reconstructed_cnn(state: dict[str, torch.Tensor]) -> bool:
+    """Whether weights saved under the name "cnn" are fvr's earlier reconstruction (`cnn_v0`: a
+    first convolution of 16 filters), not the write-up's model (6 filters) that `cnn` now builds."""
+    first = state.get("features.0.weight")
+    return first is not None and tuple(first.shape[:2]) == (16, 3)
 
 
 def load_training_state(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:

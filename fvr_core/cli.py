@@ -41,11 +41,11 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _config_from_args(args: argparse.Namespace):
-    from .config import PRESETS, TrainConfig, config_fields
+    from .config import TrainConfig, config_fields, preset_settings
 
     base = {}
     if args.preset:
-        base = dict(PRESETS[_preset_name(args.preset)])
+        base = preset_settings(_preset_name(args.preset), args.model)
     if args.config:
         try:
             loaded = json.loads(Path(args.config).read_text())

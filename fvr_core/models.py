@@ -62,10 +62,16 @@ class ModelSpec:
         return self.builder(pretrained)
 
 
-def _original_cnn() -> nn.Module:
-    from .cnn import OriginalCNN
+def _writeup_cnn(linear_relu: bool) -> nn.Module:
+    from .cnn import WriteupCNN
 
-    return OriginalCNN()
+    return WriteupCNN(linear_relu=linear_relu)
+
+
+def _reconstructed_cnn() -> nn.Module:
+    from .cnn import ReconstructedCNN
+
+    return ReconstructedCNN()
 
 
 def _tv(name: str, head: str) -> Callable[[bool], nn.Module]:
@@ -81,8 +87,12 @@ def _high_pass_tv(name: str, head: str, pretrained: bool) -> nn.Module:
 MODELS: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in [
-        ModelSpec("cnn", lambda pretrained: _original_cnn(), 300, 32, "features.8", False,
-                  "the original write-up's small CNN (3 conv blocks), fixed to return logits at any size"),
+        ModelSpec("cnn", lambda pretrained: _writeup_cnn(False), 300, 44, "features.11", False,
+                  "the original write-up's small CNN (4 conv blocks, 6 linear layers without activations, 4.9M "
+                  "parameters), fixed to return logits at any size from 44 px"),
+        ModelSpec("cnn_relu", lambda pretrained: _writeup_cnn(True), 300, 44, "features.11", False,
+                  "the write-up's CNN with a ReLU between its linear layers (not the original: there the six "
+                  "linear layers compose to one linear map)"),
         ModelSpec("resnet18", _tv("resnet18", "fc"), 300, 32, "layer4", True,
                   "ResNet-18 (11M parameters), the write-up's best model"),
         ModelSpec("vgg19", _tv("vgg19", "classifier.6"), 300, 32, "features.35", True,
@@ -91,6 +101,9 @@ MODELS: dict[str, ModelSpec] = {
                   "VGG-19 with batch norm (139M parameters)"),
         ModelSpec("resnet18_hp", functools.partial(_high_pass_tv, "resnet18", "fc"), 300, 32, "1.layer4", True,
                   "ResNet-18 fed the image's high-pass residual (image minus its 3x3 mean), as forensic detectors are"),
+        ModelSpec("cnn_v0", lambda pretrained: _reconstructed_cnn(), 300, 32, "features.8", False,
+                  "fvr's earlier CNN (3 conv blocks of 16/32/64, 10.1M parameters), a reconstruction that is not "
+                  "the write-up's model: kept so runs trained with it load"),
         ModelSpec("mobilenet_v3_small", _tv("mobilenet_v3_small", "classifier.3"), 224, 32, "features.12", True,
                   "MobileNetV3-Small (1.5M parameters): fast on a CPU"),
         ModelSpec("efficientnet_b0", _tv("efficientnet_b0", "classifier.1"), 224, 32, "features.8", True,

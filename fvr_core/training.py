@@ -23,12 +23,13 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from torch import nn
 
 from . import distributed
 from .augment import BatchAugmenter, random_crop
 from .calibration import calibration_from_logits, save_calibration
-from .checkpoint import load_checkpoint, load_training_state, save_checkpoint
+from .checkpoint import is_reconstructed_cnn, load_checkpoint, load_training_state, save_checkpoint
 from .config import TrainConfig
 from .dataset import load_dataset, require_trainable, split_ids
 from .evaluation import classification_metrics, predict_logits, prob_fake_from_logits
@@ -536,12 +537,26 @@ def _scratch_run_unless_main(context: distributed.DistContext, run_path: str, co
 RESUMABLE = (INTERRUPTED, STOPPED, FAILED)
 
 
+def _trained_as_reconstructed_cnn(folder: Path) -> bool:
+    for name in ("last.safetensors", "best.safetensors"):
+        if (folder / name).is_file():
+            with safe_open(str(folder / name), framework="pt") as weights:
+                if "features.0.weight" in weights.keys():
+                    first = weights.get_slice("features.0.weight").get_shape()
+                    return is_reconstructed_cnn({"features.0.weight": torch.empty(first, device="meta")})
+    return False
+
+
 def resume(run: Run, progress: ProgressFn | None = None) -> Run:
     """Continue an interrupted, stopped or failed run from its last checkpoint. Under torchrun
     every process needs to read the run folder (one node, or a shared filesystem)."""
     state = run.state
     if state not in RESUMABLE:
         raise RunError(f"run {run.id} is {state}; only {', '.join(RESUMABLE)} runs can be resumed")
+    if run.config.model == "cnn" and _trained_as_reconstructed_cnn(run.path):
+        raise RunError(
+            f"run {run.id} was trained with fvr's earlier CNN (now `cnn_v0`), and `cnn` is now the write-up's model, so "
+            "it cannot be resumed. Its checkpoints still load and predict (as cnn_v0); train a new run to go on")
     context = distributed.from_environment()
     if not context.enabled:
         (run.path / "stop").unlink(missing_ok=True)

@@ -7,7 +7,8 @@ import streamlit as st
 
 from fvr_core.augment import AUGMENTATIONS
 from fvr_core.charts import run_curves_figure
-from fvr_core.config import OPTIMIZERS, ORIGINAL_MODELS, PRESET_NOTES, PRESETS, SCHEDULES, ConfigError, TrainConfig, check_limits
+from fvr_core.config import (OPTIMIZERS, ORIGINAL_MODELS, ORIGINAL_RECIPE_DIFFERENCES, PRESET_NOTES, PRESETS, SCHEDULES,
+                             ConfigError, TrainConfig, check_limits, original_four, preset_settings)
 from fvr_core.dataset import DataError, is_cached
 from fvr_core.datasources import split_sizes
 from fvr_core.estimate import estimate_run, format_duration, measure_speed
@@ -26,7 +27,7 @@ LR_CHOICES = [1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 
 BATCH_CHOICES = [4, 8, 16, 32, 64, 128]
 WEIGHT_DECAY_CHOICES = [0.0, 1e-5, 1e-4, 1e-3, 1e-2, 5e-2, 1e-1]
 CLIP_CHOICES = [0.0, 0.5, 1.0, 2.0, 5.0, 10.0]
-SIZE_CHOICES = [s for s in (32, 48, 64, 96, 128, 160, 192, 224, 256, 300) if s <= lim.max_image_size]
+SIZE_CHOICES = [s for s in (48, 64, 96, 128, 160, 192, 224, 256, 300) if s <= lim.max_image_size]
 MODEL_CHOICES = [m for m in MODELS if lim.allows_model(m)]
 FIELDS = ("model", "epochs", "lr", "batch_size", "optimizer", "schedule", "weight_decay", "augment", "image_size",
           "seed", "patience", "grad_clip", "label_smoothing", "warmup_epochs", "pretrained", "name")
@@ -38,13 +39,15 @@ def _snap(value, choices):
 
 def apply_preset(name: str) -> None:
     """Widget values from TrainConfig's defaults, a preset's changes, and this app's limits."""
-    values = {**TrainConfig().to_dict(), **PRESETS.get(name, {})}
+    model = st.session_state.get("cfg_model", TrainConfig.model)  # a preset without a model keeps the chosen one
+    values = {**TrainConfig().to_dict(), "model": model, **preset_settings(name, model)}
     values["epochs"] = min(values["epochs"], lim.max_epochs)
     values["image_size"] = _snap(min(values["image_size"], lim.max_image_size), SIZE_CHOICES)
     if values["model"] not in MODEL_CHOICES:
         values["model"] = MODEL_CHOICES[0]
     for key in FIELDS:
         st.session_state[f"cfg_{key}"] = values[key]
+    st.session_state["applied_preset"] = name
 
 
 if "cfg_model" not in st.session_state:
@@ -68,6 +71,8 @@ preset_cols = st.columns(len(PRESETS) + 1)
 for col, name in zip(preset_cols, PRESETS):
     col.button(f"Preset: {name}", on_click=apply_preset, args=(name,), help=PRESET_NOTES[name], width="stretch")
 st.caption(" · ".join(f"**{n}**: {PRESET_NOTES[n]}" for n in PRESETS))
+with st.expander("Where the Original recipe differs from the write-up (each was a bug there)"):
+    st.markdown("\n".join(f"- {line}" for line in ORIGINAL_RECIPE_DIFFERENCES))
 
 c1, c2, c3 = st.columns(3)
 with c1:
@@ -148,7 +153,7 @@ if b2.button("Train all four", disabled=not can_launch or not four_allowed, widt
              help="queue cnn, resnet18, vgg19 and vgg19_bn with these settings: the original comparison"
              + ("" if four_allowed else " (not offered in this app: vgg19 is too heavy for it)")):
     try:
-        configs = [config.replace(model=m, name=config.name or "original four") for m in ORIGINAL_MODELS]
+        configs = original_four(config, preset=st.session_state.get("applied_preset"))
         for c in configs:
             check_limits(c.validate(), lim)
         launched = [launch(c, limits=lim) for c in configs]

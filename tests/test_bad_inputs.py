@@ -599,7 +599,7 @@ def test_every_data_set_layout_through_load_dataset(kind, tmp_path):
 def test_unusable_data_sets_through_cli_train_exit_3_with_the_reason(kind, tmp_path, capsys):
     layout = LAYOUTS[kind]
     path = layout.build(tmp_path, tmp_path / "outside")
-    code = cli.main(["train", "--data", str(path), "--epochs", "1", "--image-size", "32", "--threads", "1",
+    code = cli.main(["train", "--data", str(path), "--epochs", "1", "--image-size", "48", "--threads", "1",
                      "--runs-dir", str(tmp_path / "runs")])
     err = capsys.readouterr().err
     assert code == cli.EXIT_DATA, err
@@ -823,7 +823,7 @@ def trained_dir(tmp_path_factory) -> Path:
 
     base = tmp_path_factory.mktemp("trained")
     data = make_class_folders(base / "faces", 6, 6, size=(32, 32))
-    run = train(TrainConfig(data=str(data), model="cnn", epochs=1, image_size=32, batch_size=8, threads=1),
+    run = train(TrainConfig(data=str(data), model="cnn", epochs=1, image_size=48, batch_size=8, threads=1),
                 runs_dir=base / "runs")
     assert run.state == "completed", run.status()
     return run.path
@@ -994,7 +994,7 @@ CHECKPOINTS: dict[str, BadCheckpoint] = {
     # the cnn ends in adaptive pooling: its weights work at any input size, and photos are scaled
     # to the size the checkpoint names
     "another image size": BadCheckpoint(lambda r, m: _edit_json(r, image_size=64), None, image_size=64),
-    "image size too small for the model": BadCheckpoint(lambda r, m: _edit_json(r, image_size=4), "needs at least 32 px"),
+    "image size too small for the model": BadCheckpoint(lambda r, m: _edit_json(r, image_size=4), "needs at least 44 px"),
     "image size missing": BadCheckpoint(lambda r, m: _edit_json(r, image_size=None), "image_size None"),
     "image size not a number": BadCheckpoint(lambda r, m: _edit_json(r, image_size="large"), "image_size 'large'"),
     "temperature 0": BadCheckpoint(lambda r, m: _edit_json(r, temperature=0), "temperature 0"),
@@ -1150,7 +1150,7 @@ SETTINGS: dict[str, BadSetting] = {
     "lr inf": BadSetting("lr", math.inf, "inf"),
     "batch size 0": BadSetting("batch_size", 0, "0"),
     "batch size -8": BadSetting("batch_size", -8, "-8"),
-    "image size 8 (cnn needs 32)": BadSetting("image_size", 8, "8"),
+    "image size 8 (cnn needs 44)": BadSetting("image_size", 8, "8"),
     "image size 0": BadSetting("image_size", 0, "0"),
     "unknown model": BadSetting("model", "alexnet", "alexnet"),
     "unknown optimizer": BadSetting("optimizer", "lion", "lion"),

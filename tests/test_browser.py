@@ -153,7 +153,7 @@ def test_predict_shows_the_face_crop_heatmap_and_probability(server, browser, tm
     from fvr_core.config import TrainConfig
     from fvr_core.training import train
 
-    train(TrainConfig(data=str(demo_data), model="cnn", epochs=1, image_size=32, batch_size=16))
+    train(TrainConfig(data=str(demo_data), model="cnn", epochs=1, image_size=48, batch_size=16))
     url, _ = server
     canvas = Image.new("RGB", (1000, 560), (120, 130, 140))
     canvas.paste(Image.open(shared_faces / "real" / "3.jpg"), (600, 150))

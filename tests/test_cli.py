@@ -28,7 +28,7 @@ def trained(tmp_path_factory):
     if not (SHARED_FACES / "data.csv").is_file():
         pytest.skip(f"the shared data set is absent ({SHARED_FACES}); CI has it beside the checkout")
     runs = tmp_path_factory.mktemp("cli-runs")
-    result = fvr("train", "--data", str(SHARED_FACES), "--model", "cnn", "--epochs", "1", "--image-size", "32",
+    result = fvr("train", "--data", str(SHARED_FACES), "--model", "cnn", "--epochs", "1", "--image-size", "48",
                  "--batch-size", "32", "--threads", "1", "--runs-dir", str(runs), "--name", "cli-test")
     assert result.returncode == 0, result.stderr + result.stdout
     (run_dir,) = [p for p in runs.iterdir() if p.is_dir()]
@@ -199,5 +199,5 @@ def test_demo_data_trains_from_the_cli(tmp_path):
     out = tmp_path / "demo"
     assert fvr("demo-data", "--out", str(out), "--per-class", "12", "--size", "48").returncode == 0
     assert "SYNTHETIC" in (out / "README.txt").read_text()
-    result = fvr("train", "--data", str(out), "--epochs", "1", "--image-size", "32", "--runs-dir", str(tmp_path / "runs"), "--threads", "1")
+    result = fvr("train", "--data", str(out), "--epochs", "1", "--image-size", "48", "--runs-dir", str(tmp_path / "runs"), "--threads", "1")
     assert result.returncode == 0, result.stderr

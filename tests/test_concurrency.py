@@ -92,7 +92,7 @@ at.session_state["data_path"] = data
 at.run()
 at.switch_page("pages/train.py").run()
 at.slider(key="cfg_epochs").set_value(1)
-at.select_slider(key="cfg_image_size").set_value(32).run()
+at.select_slider(key="cfg_image_size").set_value(48).run()
 train = next(b for b in at.button if b.label == "Train")
 assert not train.disabled, [e.value for e in at.error]
 Path(ready).touch()
@@ -110,7 +110,7 @@ def test_sessions_pressing_train_at_the_same_moment_each_get_one_run_trained_onc
     runs folder) wait for one signal and click Train together."""
     from fvr_core.estimate import measure_speed
 
-    for size in (64, 32):  # the page's estimate, measured once here instead of in every session
+    for size in (64, 48):  # the page's estimate, measured once here instead of in every session
         measure_speed("cnn", size, 32, budget_seconds=0.2)
     script = SESSION.format(repo=str(REPO), app=str(REPO / "streamlit_app.py"))
     go = tmp_path / "go"
@@ -156,7 +156,7 @@ def test_launches_racing_for_a_capped_queue_never_pass_the_cap_and_workers_never
     outcomes: list = [None] * n
 
     def press(i: int) -> None:
-        config = TrainConfig(data=str(data), model="cnn", epochs=1, image_size=32, batch_size=8, threads=1, seed=i)
+        config = TrainConfig(data=str(data), model="cnn", epochs=1, image_size=48, batch_size=8, threads=1, seed=i)
         barrier.wait()
         try:
             outcomes[i] = launch(config, tmp_path, limits=limits)
@@ -233,7 +233,7 @@ def test_twenty_concurrent_predictions_answer_correctly_with_one_shared_model_an
     from pages._common import heatmap_overlay, predictor, prepared_photo
 
     bound_thread_memory()  # what streamlit_app.py does for the server's process
-    run = train(TrainConfig(data=str(demo_data), model="cnn", epochs=1, image_size=32, batch_size=16, threads=1))
+    run = train(TrainConfig(data=str(demo_data), model="cnn", epochs=1, image_size=48, batch_size=16, threads=1))
     loads = []
     real_load = Predictor.from_checkpoint.__func__
     monkeypatch.setattr(Predictor, "from_checkpoint", classmethod(lambda cls, *a, **k: loads.append(a) or real_load(cls, *a, **k)))

@@ -84,7 +84,7 @@ def data(tmp_path_factory):
 
 
 def config(data, **changes) -> TrainConfig:
-    base = dict(data=str(data), model="cnn", epochs=3, image_size=32, batch_size=8, threads=1, seed=7)
+    base = dict(data=str(data), model="cnn", epochs=3, image_size=48, batch_size=8, threads=1, seed=7)
     return TrainConfig(**{**base, **changes})
 
 

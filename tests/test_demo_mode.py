@@ -46,7 +46,7 @@ def reference_runs(tmp_path_factory):
 
     data = make_class_folders(tmp_path_factory.mktemp("demo-ref-data"), 8, 8, size=(32, 32))
     folder = tmp_path_factory.mktemp("demo-reference")
-    train(TrainConfig(data=str(data), model="cnn", epochs=1, image_size=32, batch_size=8, threads=1), runs_dir=folder)
+    train(TrainConfig(data=str(data), model="cnn", epochs=1, image_size=48, batch_size=8, threads=1), runs_dir=folder)
     return folder
 
 
@@ -135,7 +135,7 @@ def test_resuming_respects_the_queue_cap(demo, faces, queue_only):
     from fvr_core.launcher import launch, resume_in_background
     from fvr_core.runs import STOPPED
 
-    config = TrainConfig(data=str(faces), model="cnn", epochs=1, image_size=32)
+    config = TrainConfig(data=str(faces), model="cnn", epochs=1, image_size=48)
     stopped = RunStore().create(config)
     stopped.write_status(STOPPED, message="stopped as asked")
     for seed in range(demo.max_queued_runs):
@@ -150,10 +150,10 @@ def test_training_data_must_come_from_the_data_root(demo, faces, tmp_path, queue
 
     outside = make_class_folders(tmp_path / "elsewhere", 4, 4)
     with pytest.raises(DataError, match="only reads folders under its data folder"):
-        launch(TrainConfig(data=str(outside), model="cnn", epochs=1, image_size=32), limits=demo)
+        launch(TrainConfig(data=str(outside), model="cnn", epochs=1, image_size=48), limits=demo)
     with pytest.raises(DataError, match="only reads folders under its data folder"):
-        launch(TrainConfig(data=str(faces / ".." / ".." / tmp_path.name / "elsewhere"), model="cnn", epochs=1, image_size=32), limits=demo)
-    assert launch(TrainConfig(data=str(faces), model="cnn", epochs=1, image_size=32), limits=demo).state == QUEUED
+        launch(TrainConfig(data=str(faces / ".." / ".." / tmp_path.name / "elsewhere"), model="cnn", epochs=1, image_size=48), limits=demo)
+    assert launch(TrainConfig(data=str(faces), model="cnn", epochs=1, image_size=48), limits=demo).state == QUEUED
 
 
 def test_typed_folders_outside_the_data_root_are_refused(demo, faces, tmp_path):
@@ -231,7 +231,7 @@ def test_a_typed_run_name_stays_data(demo, faces, queue_only, monkeypatch):
     demo = app_limits()
 
     for name in ["../../etc", "$(rm -rf /)", "`id`; rm -rf ~ && echo", "/tmp/x\n\x00", "a" * 500]:
-        run = launch(TrainConfig(data=str(faces), model="cnn", epochs=1, image_size=32, name=name), limits=demo)
+        run = launch(TrainConfig(data=str(faces), model="cnn", epochs=1, image_size=48, name=name), limits=demo)
         assert run.path.parent == RunStore().root and RUN_ID.match(run.id), run.id  # the folder name is generated
         assert run.config.name == name  # the text is kept as data, in config.json
     with pytest.raises(ConfigError, match="choose one of"):

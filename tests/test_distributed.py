@@ -29,7 +29,7 @@ def test_two_gloo_processes_train_one_run(demo_data, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "TMPDIR": str(scratch), "OMP_NUM_THREADS": "1"}
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-        "-m", "fvr_core", "train", "--data", str(demo_data), "--model", "cnn", "--epochs", "2", "--image-size", "32",
+        "-m", "fvr_core", "train", "--data", str(demo_data), "--model", "cnn", "--epochs", "2", "--image-size", "48",
         "--batch-size", "8", "--threads", "1", "--device", "cpu", "--runs-dir", str(runs),
     ]
     result = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)

@@ -80,17 +80,17 @@ def test_measured_speed_is_cached_and_refreshed_on_request():
     torch.manual_seed(3)
     before = torch.rand(1)
     torch.manual_seed(3)
-    first = measure_speed("cnn", 32, batch_size=8, budget_seconds=0.3)
+    first = measure_speed("cnn", 48, batch_size=8, budget_seconds=0.3)
     assert torch.rand(1) == before, "measuring must leave the caller's random stream as it was"
-    assert first.model == "cnn" and first.image_size == 32 and first.device == "cpu"
+    assert first.model == "cnn" and first.image_size == 48 and first.device == "cpu"
     assert first.train_seconds_per_image > 0 and first.eval_seconds_per_image > 0
     assert first.train_step_seconds >= 0 and first.eval_batch_seconds >= 0
     cache = json.loads((cache_root() / "speed.json").read_text())
-    assert any("cnn" in key and "32 px" in key for key in cache)
+    assert any("cnn" in key and "48 px" in key for key in cache)
 
-    again = measure_speed("cnn", 32, batch_size=8, budget_seconds=0.3)
+    again = measure_speed("cnn", 48, batch_size=8, budget_seconds=0.3)
     assert again.measured_unix == first.measured_unix  # read from the cache, not measured again
-    fresh = measure_speed("cnn", 32, batch_size=8, budget_seconds=0.3, refresh=True)
+    fresh = measure_speed("cnn", 48, batch_size=8, budget_seconds=0.3, refresh=True)
     assert fresh.measured_unix > first.measured_unix
 
 
@@ -98,13 +98,13 @@ def test_a_damaged_speed_cache_is_measured_again():
     path = cache_root() / "speed.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("{not json")
-    measured = measure_speed("cnn", 32, batch_size=8, budget_seconds=0.2)
+    measured = measure_speed("cnn", 48, batch_size=8, budget_seconds=0.2)
     assert measured.train_seconds_per_image > 0
     assert json.loads(path.read_text())  # rewritten whole
 
 
 def test_estimate_without_a_speed_measures_the_configured_model():
-    config = TrainConfig(data="x", model="cnn", image_size=32, epochs=1, batch_size=8, device="cpu")
+    config = TrainConfig(data="x", model="cnn", image_size=48, epochs=1, batch_size=8, device="cpu")
     estimate = estimate_run(config, {"train": 16, "val": 8, "test": 8})
     assert estimate.speed.model == "cnn" and estimate.speed.image_size == 32
     assert estimate.total_seconds > 0 and not estimate.cached

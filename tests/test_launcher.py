@@ -22,7 +22,7 @@ def data(tmp_path_factory):
 
 
 def config(data, **changes):
-    return TrainConfig(**{**dict(data=str(data), epochs=2, image_size=32, batch_size=8, threads=1), **changes})
+    return TrainConfig(**{**dict(data=str(data), epochs=2, image_size=48, batch_size=8, threads=1), **changes})
 
 
 def interval(run):

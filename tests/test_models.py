@@ -7,7 +7,7 @@ import urllib.error
 import pytest
 import torch
 
-from fvr_core.cnn import OriginalCNN
+from fvr_core.cnn import ReconstructedCNN, WriteupCNN
 from fvr_core.models import MODELS, ModelError, build_model, get_spec
 
 
@@ -40,19 +40,63 @@ def test_parameter_count_matches_the_built_model(name):
 
 def test_cnn_outputs_logits_not_probabilities():
     torch.manual_seed(0)
-    out = OriginalCNN()(torch.randn(8, 3, 300, 300) * 3)
+    out = WriteupCNN()(torch.randn(8, 3, 300, 300) * 3)
     # softmax output would sum to 1 per row and lie in [0, 1]; raw logits need not
     assert not torch.allclose(out.sum(1), torch.ones(8))
 
 
-def test_cnn_at_300_is_the_original_layout():
-    """At 300x300 the adaptive pool sees exactly the 35x35 map the original flattened into its
-    64*35*35-input linear layer, so the pool changes nothing and the weights are the original's."""
-    model = OriginalCNN()
+def test_cnn_has_the_writeups_layers_and_shapes():
+    model = build_model("cnn")
+    convs = [(m.in_channels, m.out_channels, m.kernel_size[0], m.padding[0]) for m in model.modules()
+             if isinstance(m, torch.nn.Conv2d)]
+    assert convs == [(3, 6, 5, 0), (6, 12, 5, 0), (12, 26, 5, 0), (26, 32, 3, 1)]
+    linears = [(m.in_features, m.out_features) for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears == [(9248, 512), (512, 256), (256, 128), (128, 64), (64, 32), (32, 2)]
+    # the original has no activation between its linear layers
+    assert not any(isinstance(m, torch.nn.ReLU) for m in model.classifier)
+    assert get_spec("cnn").parameter_count == 4_927_728
+    feats = model.features(torch.randn(1, 3, 300, 300))
+    assert feats.shape == (1, 32, 17, 17)
+    assert torch.equal(model.pool(feats), feats)  # the adaptive pool is the identity at 300 px
+
+
+def test_cnn_computes_the_writeups_model_minus_its_softmax():
+    """The verbatim notebook model (benchmarks/writeup_cnn.py) with its weights loaded into fvr's
+    `cnn`: fvr's logits through a softmax are the notebook's outputs, for both layer orders."""
+    from benchmarks.writeup_cnn import fake_vs_real_Model, fvr_state_dict
+
+    torch.manual_seed(0)
+    original = fake_vs_real_Model().eval()
+    x = torch.randn(3, 3, 300, 300)
+    for model in (build_model("cnn"), WriteupCNN(relu_first=True)):
+        model.load_state_dict(fvr_state_dict(original), strict=True)
+        with torch.no_grad():
+            assert torch.allclose(model.eval()(x).softmax(1), original(x), atol=1e-6)
+
+
+def test_cnn_relu_differs_from_cnn_only_by_activations_between_linears():
+    plain, relu = build_model("cnn"), build_model("cnn_relu")
+    shapes = lambda m: [p.shape for p in m.parameters()]  # noqa: E731
+    assert shapes(plain) == shapes(relu)
+    assert sum(isinstance(m, torch.nn.ReLU) for m in relu.classifier) == 5
+    assert "ReLU" in get_spec("cnn_relu").description
+
+
+def test_cnn_runs_from_its_smallest_size_and_refuses_smaller():
+    model = build_model("cnn").eval()
+    smallest = get_spec("cnn").min_image_size
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, smallest, smallest)).shape == (1, 2)
+        with pytest.raises(RuntimeError):
+            model(torch.randn(1, 3, smallest - 8, smallest - 8))
+
+
+def test_reconstructed_cnn_keeps_its_old_layout_under_cnn_v0():
+    model = ReconstructedCNN()
     feats = model.features(torch.randn(1, 3, 300, 300))
     assert feats.shape == (1, 64, 35, 35)
-    assert torch.equal(model.pool(feats), feats)
     assert model.classifier[1].in_features == 64 * 35 * 35
+    assert get_spec("cnn_v0").parameter_count == 10_059_170
 
 
 @pytest.mark.parametrize("name", ["resnet18", "vgg19", "vgg19_bn", "mobilenet_v3_small", "efficientnet_b0"])
@@ -87,7 +131,7 @@ def test_cnn_has_no_pretrained_weights():
 
 def test_pooling_before_relu_keeps_the_original_outputs_and_gradients():
     torch.manual_seed(0)
-    fast, original = OriginalCNN(), OriginalCNN(relu_first=True)
+    fast, original = WriteupCNN(), WriteupCNN(relu_first=True)
     original.load_state_dict(fast.state_dict())  # the same weights fit both layer orders
     x = torch.randn(2, 3, 64, 64)
     out_fast, out_original = fast(x), original(x)
@@ -96,3 +140,25 @@ def test_pooling_before_relu_keeps_the_original_outputs_and_gradients():
     out_original.sum().backward()
     for (name, a), b in zip(fast.named_parameters(), original.parameters()):
         assert torch.allclose(a.grad, b.grad, atol=1e-5), name
+
+
+def test_a_checkpoint_saved_as_cnn_by_the_old_model_loads_as_cnn_v0(tmp_path):
+    """Runs trained before `cnn` became the write-up's model name "cnn" in their JSON: their
+    weights must load into the model they fit (cnn_v0), never fail or half-load into the new one."""
+    from fvr_core.checkpoint import load_checkpoint, save_checkpoint
+
+    old = ReconstructedCNN().eval()
+    save_checkpoint(tmp_path / "best", old, {"model": "cnn", "image_size": 64})
+    model, meta = load_checkpoint(tmp_path / "best.safetensors")
+    assert meta["model"] == "cnn_v0" and isinstance(model, ReconstructedCNN)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x), old(x))
+
+
+def test_new_cnn_checkpoints_load_as_cnn(tmp_path):
+    from fvr_core.checkpoint import load_checkpoint, save_checkpoint
+
+    save_checkpoint(tmp_path / "best", WriteupCNN(), {"model": "cnn", "image_size": 64})
+    model, meta = load_checkpoint(tmp_path / "best.safetensors")
+    assert meta["model"] == "cnn" and isinstance(model, WriteupCNN)

@@ -49,7 +49,7 @@ def trained_run(demo_data):
     """A finished run of the small CNN on the demo set (trained in this process)."""
     from fvr_core.training import train
 
-    run = train(TrainConfig(data=str(demo_data), model="cnn", epochs=2, image_size=32, batch_size=16))
+    run = train(TrainConfig(data=str(demo_data), model="cnn", epochs=2, image_size=48, batch_size=16))
     assert run.state == COMPLETED
     return run
 
@@ -186,7 +186,7 @@ def test_train_launches_a_background_run_and_the_live_view_follows_it(demo_data)
 def test_a_diverged_run_says_so_with_the_hint(demo_data):
     from fvr_core.training import DIVERGENCE_HINT, train
 
-    run = train(TrainConfig(data=str(demo_data), model="cnn", epochs=1, image_size=32, lr=1e9, batch_size=8))
+    run = train(TrainConfig(data=str(demo_data), model="cnn", epochs=1, image_size=48, lr=1e9, batch_size=8))
     assert run.state == "diverged"
     at = page(app(demo_data), "train")
     no_traceback(at)
@@ -305,7 +305,7 @@ def test_reference_runs_work_on_a_fresh_clone_before_any_training(demo_data, tmp
     from fvr_core.training import train
 
     reference = tmp_path / "reference"
-    shipped = train(TrainConfig(data=str(demo_data), model="cnn", epochs=1, image_size=32, batch_size=16), runs_dir=reference)
+    shipped = train(TrainConfig(data=str(demo_data), model="cnn", epochs=1, image_size=48, batch_size=16), runs_dir=reference)
     monkeypatch.setenv("FVR_REFERENCE_DIR", str(reference))
     assert RunStore().list() == []  # nothing trained in this checkout
 

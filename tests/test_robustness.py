@@ -118,7 +118,7 @@ def small_run(tmp_path_factory):
     from fvr_core.training import train
 
     root = make_class_folders(tmp_path_factory.mktemp("colours"), n_fake=20, n_real=20, size=(32, 32))
-    config = TrainConfig(data=str(root), model="cnn", epochs=3, image_size=32, batch_size=8, threads=1)
+    config = TrainConfig(data=str(root), model="cnn", epochs=3, image_size=48, batch_size=8, threads=1)
     run = train(config, runs_dir=tmp_path_factory.mktemp("runs"))
     assert run.status()["state"] == "completed"
     return run

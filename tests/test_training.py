@@ -26,7 +26,7 @@ def colour_data(tmp_path_factory):
 
 
 def small(data, **changes) -> TrainConfig:
-    base = dict(data=str(data), model="cnn", epochs=2, image_size=32, batch_size=8, threads=1)
+    base = dict(data=str(data), model="cnn", epochs=2, image_size=48, batch_size=8, threads=1)
     return TrainConfig(**{**base, **changes})
 
 
