@@ -2,8 +2,10 @@
 
 For each model and image size it trains, in this one process and on the same subset of the data
 set, (a) the ORIGINAL loop re-implemented faithfully, bugs included: ImageFolder + DataLoader
-(batch 4, no workers) that decodes every JPEG again each epoch and stretches it to the size, Adam
-re-created every epoch, softmax before CrossEntropyLoss, torchvision heads left at 1000 classes;
+(no workers; batch 32, vgg19 8, as the write-up notes) that decodes every JPEG again each epoch and
+stretches it to the size, Adam re-created every epoch, the write-up's CNN copied verbatim
+(benchmarks/writeup_cnn.py, its Softmax before CrossEntropyLoss included), torchvision heads left
+at 1000 classes;
 and (b) fvr_core.training.train. It prints per (model, size): training images/s of both (median
 of the measured epochs after one warm-up epoch), training FLOPs per image, fvr's achieved GFLOP/s
 and model FLOP utilisation against a matmul peak measured here, the data pipelines alone, the
@@ -46,7 +48,6 @@ SHARED_FACES = Path(__file__).resolve().parent.parent.parent / "shared" / "datas
 CPU_DEFAULT_IMAGES = {"cnn": 160, "resnet18": 96, "vgg19": 12, "vgg19_bn": 12}
 CPU_OTHER_IMAGES = 96
 CUDA_DEFAULT_IMAGES = 800
-ORIGINAL_BATCH = 4  # the write-up's DataLoader batch size
 PIPELINE_IMAGES = 256  # images each data pipeline produces when measured alone
 PREDICT_WARMUP = 3
 FLOP_BATCH = 2
@@ -65,7 +66,10 @@ def parse_args() -> tuple[argparse.ArgumentParser, argparse.Namespace]:
                         help="images in the subset per model, before fvr's 60/20/20 split "
                              f"(default: {CPU_DEFAULT_IMAGES}, others {CPU_OTHER_IMAGES} on CPU; {CUDA_DEFAULT_IMAGES} on CUDA)")
     parser.add_argument("--epochs", type=int, default=3, help="measured epochs after the warm-up epoch (3 or more for real figures)")
-    parser.add_argument("--batch-size", type=int, default=32, help="fvr's batch size (the original's is always 4)")
+    parser.add_argument("--batch-size", type=int, default=32, help="fvr's batch size")
+    parser.add_argument("--original-batch", type=int, default=0,
+                        help="the original loop's batch size (default: the write-up's, 32 and vgg19 8; its loaders "
+                             "as printed used 4)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--repeats", type=int, default=50, help="timed single-image predictions per side (30 or more for real figures)")
     parser.add_argument("--fvr-option", action="append", default=[], metavar="KEY=VALUE",
@@ -324,16 +328,21 @@ def flops_per_image(model_name: str, size: int) -> float:
 
 
 def original_model(name: str) -> nn.Module:
-    """The write-up's models: torchvision's with their 1000-class heads never replaced; its CNN is
-    fvr's OriginalCNN in the original layer order (ReLU before each pool; fvr only adds a pool that
-    is the identity at 300 px)."""
+    """The write-up's models: its CNN copied verbatim (Softmax output included), torchvision's
+    with their 1000-class heads never replaced."""
     import torchvision
 
-    from fvr_core.cnn import OriginalCNN
+    from benchmarks.writeup_cnn import fake_vs_real_Model
 
     if name == "cnn":
-        return OriginalCNN(relu_first=True)
+        return fake_vs_real_Model()
     return getattr(torchvision.models, name)(weights=None)
+
+
+def original_batch(name: str, args: argparse.Namespace) -> int:
+    from fvr_core.config import ORIGINAL_BATCH_SIZES, PRESETS
+
+    return args.original_batch or ORIGINAL_BATCH_SIZES.get(name, PRESETS["Original recipe"]["batch_size"])
 
 
 def original_transform(size: int):
@@ -346,14 +355,14 @@ def original_transform(size: int):
                                transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
-def original_loader(data: Path, train_ids: list[str], size: int) -> torch.utils.data.DataLoader:
+def original_loader(data: Path, train_ids: list[str], size: int, batch_size: int) -> torch.utils.data.DataLoader:
     """ImageFolder over the subset folder, restricted to fvr's train split; decodes every epoch."""
     from torchvision.datasets import ImageFolder
 
     folder = ImageFolder(str(data), transform=original_transform(size))  # classes sorted: fake=0, real=1
     position = {Path(path).relative_to(data).as_posix(): i for i, (path, _) in enumerate(folder.samples)}
     subset = torch.utils.data.Subset(folder, [position[image_id] for image_id in train_ids])
-    return torch.utils.data.DataLoader(subset, batch_size=ORIGINAL_BATCH, shuffle=True, num_workers=0)
+    return torch.utils.data.DataLoader(subset, batch_size=batch_size, shuffle=True, num_workers=0)
 
 
 def original_epoch(model: nn.Module, loader, device: torch.device) -> tuple[float, int]:
@@ -365,7 +374,7 @@ def original_epoch(model: nn.Module, loader, device: torch.device) -> tuple[floa
         inputs, labels = inputs.to(device), labels.to(device)
         optimizer.zero_grad()
         outputs = model(inputs)
-        loss = criterion(torch.softmax(outputs, dim=1), labels)  # bug kept: softmax before CrossEntropyLoss
+        loss = criterion(outputs, labels)  # bug kept: the CNN's outputs are already softmaxed
         loss.backward()
         optimizer.step()
         # the notebook's running statistics: .item() per batch, as it printed them
@@ -411,7 +420,7 @@ def original_predict(model: nn.Module, transform, jpeg: bytes, device: torch.dev
 
     image = Image.open(io.BytesIO(jpeg)).convert("RGB")
     outputs = model(transform(image).unsqueeze(0).to(device))  # as written: autograd on, no torch.no_grad()
-    return torch.softmax(outputs, dim=1)[0].tolist()
+    return outputs[0].tolist()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -427,12 +436,14 @@ def prediction_latency(model_name: str, size: int, jpeg: bytes, repeats: int, de
     predictor = Predictor(build_model(model_name), {"image_size": size, "model": model_name}, device=str(device))
     model, transform = original_model(model_name).to(device).eval(), original_transform(size)
 
-    def fvr_call() -> None:
-        prediction = predictor.predict_one(io.BytesIO(jpeg))
+    def fvr_call(face_crop: bool) -> None:
+        prediction = predictor.predict_one(io.BytesIO(jpeg), face_crop=face_crop)
         if prediction.error:  # a failed decode would time an error path, not a prediction
             raise RuntimeError(f"fvr could not predict the benchmark JPEG: {prediction.error}")
 
-    calls: dict[str, Callable[[], object]] = {"original": lambda: original_predict(model, transform, jpeg, device), "fvr": fvr_call}
+    # "fvr": the model alone (decode, preprocess, forward); "fvr_face": the whole Predict path with the face crop
+    calls: dict[str, Callable[[], object]] = {"original": lambda: original_predict(model, transform, jpeg, device),
+                                              "fvr": lambda: fvr_call(False), "fvr_face": lambda: fvr_call(True)}
     result = {name: {} for name in calls}
     for name, call in calls.items():
         with peak_memory(device) as peak:
@@ -472,7 +483,7 @@ def measure_case(case: Case, args: argparse.Namespace, device: torch.device, pea
     fvr, run = fvr_training(config, scratch / "runs", device)
     torch.set_num_threads(threads)  # fvr sets its own (config.threads): the rest runs with torch's default
     train_ids = run.split()["train"]
-    loader = original_loader(case.data, train_ids, case.size)
+    loader = original_loader(case.data, train_ids, case.size, original_batch(case.model, args))
     original = original_training(case.model, loader, args.epochs, device)
     n_pipeline = args.batch_size * math.ceil(PIPELINE_IMAGES / args.batch_size)
     pipe_fvr, pipe_fvr_mem = fvr_pipeline(config, train_ids, n_pipeline, device)
@@ -496,6 +507,7 @@ def measure_case(case: Case, args: argparse.Namespace, device: torch.device, pea
         },
         "orig_predict_p50_ms": latency["original"]["p50_ms"], "orig_predict_p95_ms": latency["original"]["p95_ms"],
         "fvr_predict_p50_ms": latency["fvr"]["p50_ms"], "fvr_predict_p95_ms": latency["fvr"]["p95_ms"],
+        "fvr_face_predict_p50_ms": latency["fvr_face"]["p50_ms"], "fvr_face_predict_p95_ms": latency["fvr_face"]["p95_ms"],
         "fvr_options": dict(args.fvr_options),
     }
 
@@ -530,6 +542,7 @@ COLUMNS: list[tuple[str, int, Callable[[dict, torch.device], str]]] = [
     ("MB pred o/f", 11, lambda r, d: mem_pair(r, "predict", d)),
     ("p50 ms o/f", 11, lambda r, d: pair(r["orig_predict_p50_ms"], r["fvr_predict_p50_ms"], 1)),
     ("p95 ms o/f", 11, lambda r, d: pair(r["orig_predict_p95_ms"], r["fvr_predict_p95_ms"], 1)),
+    ("face p50/p95", 12, lambda r, d: pair(r["fvr_face_predict_p50_ms"], r["fvr_face_predict_p95_ms"], 1)),
 ]
 
 
@@ -546,7 +559,8 @@ def print_header(device: torch.device, info: dict, peaks: dict[str, float], args
         n = 4096 if device.type == "cuda" else 2048
         print(f"matmul peak {precision}: {gflops:.1f} GFLOP/s (torch.mm {n}x{n}, best of several)")
     options = ", ".join(f"{k}={v}" for k, v in args.fvr_options.items()) or "none"
-    print(f"fvr: batch {args.batch_size}, augment {args.fvr_options.get('augment', 'light')}, extra options: {options}; original: batch {ORIGINAL_BATCH}, "
+    print(f"fvr: batch {args.batch_size}, augment {args.fvr_options.get('augment', 'light')}, extra options: {options}; original: batch "
+          f"{', '.join(f'{m} {original_batch(m, args)}' for m in args.models)}, "
           f"no workers; {args.epochs} measured epochs after 1 warm-up; {args.repeats} timed predictions each")
     load = os.getloadavg()[0]
     if load > 0.5:  # with torch's threads on every core, any other work slows small ops many times over
@@ -581,7 +595,9 @@ legend:
   MB ... o/f   original/fvr peak memory of training (fvr: the whole train() call, with decoding and evaluation),
                the pipelines and the prediction warm-up: {memory}
   p50/p95 ms   one prediction from the JPEG bytes of a 300x300 image: decode + preprocess + forward, original/fvr
-               (original: stretch transform, eval() but autograd on; fvr: Predictor.predict_one), taking turns""")
+               (original: stretch transform, eval() but autograd on; fvr: Predictor.predict_one without the
+               face crop: the model alone), taking turns
+  face p50/p95 fvr's whole Predict path: the same with the face found and cropped first (MTCNN)""")
 
 
 def to_json(value):

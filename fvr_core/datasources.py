@@ -86,7 +86,7 @@ def default_dataset(runs: Sequence[Run], limits: AppLimits | None = None) -> Pat
         candidates.append(os.environ["FVR_DATA"])
     for run in runs:
         try:
-            candidates.append(run.config.data)
+            candidates.append(str(settings.beside_project(run.config.data)))
         except Exception:
             continue
     for text in candidates:

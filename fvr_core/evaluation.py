@@ -12,7 +12,7 @@ from torch import nn
 
 from .augment import normalize
 from .metrics import classification_metrics, roc_auc, roc_curve  # noqa: F401  (this module's API before metrics.py)
-from .settings import CLASSES, FAKE
+from .settings import CLASSES, FAKE, beside_project
 
 
 @torch.inference_mode()
@@ -56,7 +56,7 @@ def load_run_model_and_data(run, data=None, which: str = "best", device: str = "
     from .dataset import load_dataset
 
     model, meta = load_checkpoint(run.checkpoint(which), device=device)
-    image_set = load_dataset(data or run.config.data, meta.get("image_size", run.config.image_size))
+    image_set = load_dataset(data or beside_project(run.config.data), meta.get("image_size", run.config.image_size))
     return model, image_set
 
 

@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 from .runs import COMPLETED, DIVERGED, Run, RunError, atomic_write_json, now_iso, read_json
-from .settings import reference_root
+from .settings import portable_data_path, reference_root
 
 # what a reader of a finished run uses; the rest (last.*, last_state.pt, heartbeat, claimed) is training's
 KEPT_FILES = ("config.json", "status.json", "metrics.jsonl", "data_report.json", "split.json", "test_metrics.json",
@@ -52,6 +52,7 @@ def export_reference(run: Run, dest_root: str | Path | None = None, max_mb: floa
         for name in KEPT_FILES:
             if (run.path / name).is_file():
                 shutil.copy2(run.path / name, tmp / name)
+        _make_data_paths_portable(tmp)
         status = read_json(tmp / "status.json") or {}
         atomic_write_json(tmp / "status.json", {k: v for k, v in status.items() if k not in PROCESS_FIELDS})
         best = run.path / "best.safetensors"
@@ -59,7 +60,7 @@ def export_reference(run: Run, dest_root: str | Path | None = None, max_mb: floa
         if weights == "none":
             (tmp / "best.json").unlink(missing_ok=True)  # metadata without weights would read as a checkpoint
         atomic_write_json(tmp / "reference.json", {
-            "source_run": str(run.path), "exported": now_iso(), "weights": weights, "max_mb": max_mb,
+            "source_run": run.id, "exported": now_iso(), "weights": weights, "max_mb": max_mb,
             "note": "" if weights != "none" else (f"weights over {max_mb:g} MB even in fp16: metrics and curves only"
                                                   if best.is_file() else "no checkpoint: the run never finished an epoch"),
         })
@@ -69,6 +70,24 @@ def export_reference(run: Run, dest_root: str | Path | None = None, max_mb: floa
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return Run(target)
+
+
+# where each kept JSON file names the data set: (file, keys leading to the path)
+DATA_PATH_FIELDS = (("config.json", ("data",)), ("best.json", ("config", "data")), ("split.json", ("data",)),
+                    ("robustness.json", ("data",)), ("data_report.json", ("root",)))
+
+
+def _make_data_paths_portable(folder: Path) -> None:
+    """Every kept file names the data set relative to the project, never by the training
+    machine's absolute path (a `;` separates the sources of a data set of several)."""
+    for name, keys in DATA_PATH_FIELDS:
+        content = read_json(folder / name)
+        holder = content
+        for key in keys[:-1]:
+            holder = holder.get(key) if isinstance(holder, dict) else None
+        if isinstance(holder, dict) and isinstance(holder.get(keys[-1]), str):
+            holder[keys[-1]] = ";".join(portable_data_path(part) for part in holder[keys[-1]].split(";") if part)
+            atomic_write_json(folder / name, content)
 
 
 def reference_info(run: Run) -> dict:

@@ -44,6 +44,30 @@ def reference_root() -> Path:
     return Path(os.environ.get("FVR_REFERENCE_DIR") or PROJECT_ROOT / "checkpoints" / "reference")
 
 
+def portable_data_path(path: str) -> str:
+    """A data set's path as a shipped run stores it: relative to the project folder when the data
+    lies inside it or beside it (`../shared/datasets/...`), else only the folder's name, so no
+    path of the machine that trained it travels with the repository. A leading `fake:`/`real:`
+    (a single-class source) is kept."""
+    label, sep, rest = path.partition(":")
+    if sep and label in CLASSES:
+        return f"{label}:{portable_data_path(rest)}"
+    folder = Path(path).expanduser()
+    if not folder.is_absolute():
+        return path
+    for base, prefix in ((PROJECT_ROOT, ""), (PROJECT_ROOT.parent, "../")):
+        if folder.is_relative_to(base):
+            return prefix + folder.relative_to(base).as_posix()
+    return folder.name
+
+
+def beside_project(path: str) -> Path:
+    """Where a data path a run stores lives now: relative paths (a shipped run's) are read
+    against the project folder, whatever the current working folder; absolute ones are kept."""
+    folder = Path(path).expanduser()
+    return folder if folder.is_absolute() else (PROJECT_ROOT / folder).resolve()
+
+
 def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 

@@ -159,6 +159,24 @@ def test_presets_match_the_dashboard_and_options_override_them(tmp_path):
     assert (original.model, original.image_size, original.epochs, original.augment) == ("vgg19_bn", 300, 3, "none")
 
 
+def test_the_original_recipe_is_the_writeups_with_vgg19_at_batch_8(tmp_path):
+    from fvr_core.config import original_four
+
+    parser = cli.build_parser()
+
+    def recipe(model: str):
+        return cli._config_from_args(parser.parse_args(["train", "--data", str(tmp_path), "--preset", "original-recipe",
+                                                        "--model", model]))
+
+    cnn = recipe("cnn")
+    assert (cnn.image_size, cnn.augment, cnn.optimizer, cnn.lr, cnn.epochs, cnn.seed, cnn.split, cnn.batch_size,
+            cnn.schedule, cnn.weight_decay) == (300, "none", "adam", 1e-3, 30, 42, (0.6, 0.2, 0.2), 32, "none", 0.0)
+    assert recipe("vgg19").batch_size == 8 and recipe("resnet18").batch_size == 32
+    four = original_four(cnn, preset="Original recipe")
+    assert [(c.model, c.batch_size) for c in four] == [("cnn", 32), ("resnet18", 32), ("vgg19", 8), ("vgg19_bn", 32)]
+    assert [c.batch_size for c in original_four(cnn.replace(batch_size=16))] == [16, 16, 16, 16]  # no preset: as set
+
+
 def test_missing_data_folder_exits_3(tmp_path, capsys):
     code = cli.main(["train", "--data", str(tmp_path / "nope"), "--epochs", "1", "--runs-dir", str(tmp_path / "r")])
     assert code == cli.EXIT_DATA

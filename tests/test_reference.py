@@ -4,6 +4,7 @@ weights shrink to fp16 or are left out when too large, and it predicts like the 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -14,6 +15,7 @@ from fvr_core.metrics import classification_metrics
 from fvr_core.predict import Predictor
 from fvr_core.reference import export_reference, reference_info
 from fvr_core.runs import COMPLETED, RunError, RunStore
+from fvr_core.settings import PROJECT_ROOT, beside_project, portable_data_path
 from fvr_core.training import train
 
 
@@ -88,3 +90,40 @@ def test_the_shipped_reference_runs_load_and_predict():
             assert 0 <= Predictor.from_run(ref).predict_one(image, face_crop=False).prob_fake <= 1
         elif ref.state == COMPLETED:
             assert ref.test_metrics() and ref.epoch_rows()  # metrics and curves without weights
+
+
+def test_an_exported_run_names_its_data_without_the_training_machines_path(run, tmp_path):
+    shipped = export_reference(run, tmp_path)
+    for name in ("config.json", "split.json", "data_report.json"):
+        text = (shipped.path / name).read_text()
+        assert str(tmp_path.parent) not in text and "/tmp" not in text, name
+    assert shipped.config.data == Path(run.config.data).name  # outside the project: only the folder's name
+    assert reference_info(shipped)["source_run"] == run.id
+
+
+def test_portable_paths_are_relative_to_the_project_and_resolve_from_anywhere(monkeypatch, tmp_path):
+    beside = PROJECT_ROOT.parent / "shared" / "datasets" / "faces"
+    assert portable_data_path(str(beside)) == "../shared/datasets/faces"
+    assert portable_data_path(str(PROJECT_ROOT / "data" / "mine")) == "data/mine"
+    assert portable_data_path(f"fake:{beside}") == "fake:../shared/datasets/faces"
+    assert portable_data_path("/somewhere/else/faces") == "faces"
+    monkeypatch.chdir(tmp_path)  # a notebook started in another folder
+    assert beside_project("../shared/datasets/faces") == beside.resolve()
+    assert beside_project(str(tmp_path)) == tmp_path
+
+
+def test_no_shipped_reference_run_carries_a_machines_absolute_path():
+    shipped = sorted((PROJECT_ROOT / "checkpoints" / "reference").glob("*/*.json"))  # the repository's, not a test's
+    assert shipped, "checkpoints/reference holds no runs"
+    for path in shipped:
+        def strings(value):
+            if isinstance(value, dict):
+                for v in value.values():
+                    yield from strings(v)
+            elif isinstance(value, list):
+                for v in value:
+                    yield from strings(v)
+            elif isinstance(value, str):
+                yield value
+        absolute = [s for s in strings(json.loads(path.read_text())) if s.startswith(("/", "~")) or ":/" in s[:4]]
+        assert not absolute, f"{path} holds {absolute[:3]}"
