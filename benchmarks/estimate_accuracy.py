@@ -1,11 +1,14 @@
 """How close fvr_core.estimate's time estimates come to real training runs on this machine.
 
-For a few small configurations it prints the estimate (measured speed, then estimate_run) beside
-the wall time of fvr_core.training.train, with their ratio. Everything (decoded images, speed
-cache, runs) goes into a temporary folder, so the first run at each image size decodes its images
-and is estimated with decode time, and a later run at the same size reuses them.
+Five runs, one after the other, as a user would start them: each is estimated as the Train page
+does (estimate.speed_for: a finished run's real speed when one of the same model, image size and
+batch size exists, else a short measurement), then trained with fvr_core.training.train, and the
+estimate is printed beside the wall time, with the range the page states. The estimate from a
+fresh measurement alone is printed too, for the runs whose estimate came from a finished run.
+Everything (decoded images, speed cache, runs) goes into a temporary folder, so the first run at
+each image size decodes its images and is estimated with decode time.
 
-    PYTHONPATH=. python benchmarks/estimate_accuracy.py [--epochs 3]
+    PYTHONPATH=. python benchmarks/estimate_accuracy.py [--markdown]
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ import time
 from pathlib import Path
 
 SHARED_FACES = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets" / "tpdne-vs-ffhq-300"
-CASES = [("cnn", 64), ("cnn", 128), ("resnet18", 64)]
+# (model, image size, epochs): the second run of a pair is estimated from the first one's real speed
+CASES = [("cnn", 64, 3), ("cnn", 64, 5), ("resnet18", 64, 2), ("resnet18", 64, 3), ("cnn", 96, 2)]
 
 
 def _data_folder(scratch: Path) -> Path:
@@ -38,38 +42,51 @@ def _split_sizes(data: Path, config) -> dict[str, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--markdown", action="store_true", help="also print the table as Markdown (the README's)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="fvr-estimate-") as tmp:
         scratch = Path(tmp)
         os.environ["FVR_CACHE_DIR"] = str(scratch / "cache")  # before fvr_core reads it: a cold cache
         from fvr_core.config import TrainConfig
-        from fvr_core.estimate import estimate_run, format_duration
+        from fvr_core.estimate import estimate_run, format_range, measure_speed, speed_for
+        from fvr_core.runs import RunStore
         from fvr_core.training import train
 
         data = _data_folder(scratch)
-        print(f"data: {data}")
-        header = f"{'model':<9} {'px':>4} {'measure':>8} {'est train':>9} {'est eval':>8} {'est dec':>7} {'estimate':>8} {'actual':>8} {'act train':>9} {'actual/est':>10}"
-        print(header)
-        print("-" * len(header))
+        store = RunStore(scratch / "runs")
+        print(f"data: {data}; load average at start {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+        rows = []
         decoded_sizes: set[int] = set()
-        for model, size in CASES:
-            config = TrainConfig(data=str(data), model=model, image_size=size, epochs=args.epochs,
+        for model, size, epochs in CASES:
+            config = TrainConfig(data=str(data), model=model, image_size=size, epochs=epochs,
                                  batch_size=args.batch_size, device="cpu")
+            sizes = _split_sizes(data, config)
+            decoded = size in decoded_sizes
+            estimate = estimate_run(config, sizes, decoded=decoded, speed=speed_for(config, store.list()))
+            measured_only = estimate_run(config, sizes, decoded=decoded, speed=measure_speed(model, size, args.batch_size))
             started = time.perf_counter()
-            estimate = estimate_run(config, _split_sizes(data, config), decoded=size in decoded_sizes)
-            measure = time.perf_counter() - started
-            started = time.perf_counter()
-            run = train(config, runs_dir=scratch / "runs")
+            run = train(config, runs_dir=store.root)
             actual = time.perf_counter() - started
             decoded_sizes.add(size)
             assert run.state == "completed", run.status()
-            train_actual = sum(row["epoch_seconds"] for row in run.epoch_rows())
-            print(f"{model:<9} {size:>4} {measure:>7.1f}s {estimate.train_seconds:>8.1f}s {estimate.eval_seconds:>7.1f}s "
-                  f"{estimate.decode_seconds:>6.1f}s {estimate.total_seconds:>7.1f}s {actual:>7.1f}s {train_actual:>8.1f}s "
-                  f"{actual / estimate.total_seconds:>10.2f}")
-            print(f"{'':<14} {estimate.describe()}; actually took {format_duration(actual)}")
+            low, high = estimate.range_seconds()
+            rows.append({
+                "run": f"{model} {size} px, {epochs} epochs", "basis": "finished run" if estimate.from_run else "measurement",
+                "estimate": estimate.total_seconds, "range": format_range(low, high), "measured only": measured_only.total_seconds,
+                "actual": actual, "actual/estimate": actual / estimate.total_seconds, "in range": low <= actual <= high,
+                "load": os.getloadavg()[0],
+            })
+            r = rows[-1]
+            print(f"{r['run']:<26} {r['basis']:<13} estimate {r['estimate']:6.1f} s ({r['range']})  measured only "
+                  f"{r['measured only']:6.1f} s  actual {actual:6.1f} s  actual/estimate {r['actual/estimate']:.2f}  "
+                  f"{'in' if r['in range'] else 'OUT OF'} range  load {r['load']:.1f}", flush=True)
+        if args.markdown:
+            print("\n| run | estimate from | estimate | stated range | measurement alone | actual | actual / estimate |")
+            print("|---|---|---|---|---|---|---|")
+            for r in rows:
+                print(f"| {r['run']} | {r['basis']} | {r['estimate']:.0f} s | {r['range']} | {r['measured only']:.0f} s | "
+                      f"{r['actual']:.0f} s | {r['actual/estimate']:.2f} |")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ from fvr_core.settings import reference_root
 
 def label(run) -> str:
     config = run.config
+    if config.model in ("cooc_lr", "ensemble"):  # fitted in one pass or made of other runs: no epochs or lr
+        return f"{config.model}, {config.image_size} px" + (f" ({config.name})" if config.name else "")
     extra = [f"lr {config.lr:g}"] + ([f"clip {config.grad_clip:g}"] if config.grad_clip else [])
     extra += [f"augment {config.augment}"] if config.augment != "none" else []
     return f"{config.model}, {config.image_size} px, {config.epochs} ep, {', '.join(extra)}"

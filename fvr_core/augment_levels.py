@@ -23,6 +23,12 @@ AUGMENTATIONS: dict[str, AugmentSpec] = {
     "light": AugmentSpec(flip=True, description="horizontal flip"),
     "standard": AugmentSpec(flip=True, crop_pad=0.06, description="flip and random crop with padding"),
     "strong": AugmentSpec(flip=True, crop_pad=0.08, colour=0.2, description="flip, crop/pad and colour jitter"),
+    # the generator's traces are in the finest texture: only moves that copy pixels exactly (a mirror,
+    # whole-pixel shifts with reflected borders), nothing that resamples, blurs or re-encodes
+    "residual": AugmentSpec(
+        flip=True, crop_pad=0.1,
+        description="flip and random whole-pixel crops: every pixel is copied unchanged (no blur, JPEG, colour or resizing)",
+    ),
     "robust": AugmentSpec(
         flip=True, crop_pad=0.06, jpeg=0.5, blur=0.3, downscale=0.3,
         description="flip, crop/pad, JPEG re-compression, downscaling and blur (for photos that were shared)",

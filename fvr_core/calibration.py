@@ -19,6 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from . import settings
 from .settings import CLASSES, DEFAULT_UNSURE_BAND, FAKE  # noqa: F401  (the band's default lives in settings)
 
 DEFAULT_BINS = 10
@@ -331,6 +332,7 @@ def save_calibration(run, calibration: Calibration, which: str = "best") -> Cali
     return calibration
 
 
+@settings.in_prediction_slot
 def calibrate_run(run, data=None, which: str = "best", device: str = "cpu", bins: int = DEFAULT_BINS) -> Calibration:
     """Fit a temperature for a run's checkpoint on its validation split, measure ECE and NLL before
     and after on the validation and the test split (the test split is never used to fit), and

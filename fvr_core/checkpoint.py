@@ -20,6 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .ensemble import ENSEMBLE, build_ensemble
 from .models import ModelError, build_model, get_spec
 from .runs import atomic_write_json, read_json
 from .settings import CLASSES, IMAGENET_MEAN, IMAGENET_STD
@@ -101,10 +102,10 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     if meta["model"] == "cnn" and is_reconstructed_cnn(state):
         meta = {**meta, "model": "cnn_v0"}  # saved as "cnn" before `cnn` became the write-up's model
     try:
-        model = build_model(meta["model"])
-    except ModelError as exc:
+        model = _build_for(meta)
+    except (ModelError, ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(f"{path}: {exc}") from None
-    smallest = get_spec(meta["model"]).min_image_size
+    smallest = 1 if meta["model"] == ENSEMBLE else get_spec(meta["model"]).min_image_size
     if meta["image_size"] < smallest:
         raise CheckpointError(f"{path.with_suffix('.json')} gives image_size {meta['image_size']}: {meta['model']} needs at "
                               f"least {smallest} px; copy the checkpoint's .json again")
@@ -115,6 +116,13 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
         first = str(exc).strip().splitlines()[0]
         raise CheckpointError(f"{path} does not fit model {meta['model']!r} ({first}): the file and its JSON disagree") from None
     return model.to(device).eval(), meta
+
+
+def _build_for(meta: dict[str, Any]) -> nn.Module:
+    """The module a checkpoint's metadata describes: a registry model, or an ensemble of them."""
+    if meta["model"] == ENSEMBLE:
+        return build_ensemble(meta)
+    return build_model(meta["model"])
 
 
 def is_reconstructed_cnn(state: dict[str, torch.Tensor]) -> bool:

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from .runs import find_run  # torch-free, as the CLI's start must be
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_DATA, EXIT_DIVERGED, EXIT_DOWNLOAD, EXIT_RUN, EXIT_STOPPED = 0, 1, 2, 3, 4, 5, 6, 130
 EXIT_CODES = f"""exit codes:
   {EXIT_OK}    success
@@ -33,15 +35,18 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
         kwargs: dict[str, Any] = {"dest": f.name, "default": None, "help": f"{f.metadata['help']} (default: {shown})"}
         if f.metadata.get("choices"):
             kwargs["choices"] = f.metadata["choices"]
+            kwargs["help"] = f"{f.metadata['help']}: {', '.join(map(str, f.metadata['choices']))} (default: {shown})"
         if isinstance(default, bool):
             kwargs["action"] = argparse.BooleanOptionalAction
+        elif f.name == "data":  # several sources: --data once per source
+            kwargs.update(action="append", metavar="[fake:|real:]PATH")
         else:
             kwargs["metavar"] = f.name.upper()
         group.add_argument(flag, **kwargs)
 
 
 def _config_from_args(args: argparse.Namespace):
-    from .config import TrainConfig, config_fields, preset_settings
+    from .config import TrainConfig, config_fields, join_sources, preset_settings
 
     base = {}
     if args.preset:
@@ -56,6 +61,8 @@ def _config_from_args(args: argparse.Namespace):
                                                "of settings: give a run's config.json or {\"epochs\": 5, ...}"))
         base = {**base, **loaded}
     overrides = {f.name: getattr(args, f.name) for f in config_fields() if getattr(args, f.name) is not None}
+    if overrides.get("data") is not None:  # the list --data gave (each may itself hold ';'-joined sources)
+        overrides["data"] = join_sources(overrides["data"])
     return TrainConfig.from_dict({**base, **overrides}).validate()
 
 
@@ -98,7 +105,8 @@ class _ProgressBar:
             self.bar.refresh()
         elif event == "epoch":
             msg = (f"epoch {info['epoch']}: train loss {info['train_loss']:.4f} acc {info['train_acc']:.3f} | "
-                   f"val loss {info['val_loss']:.4f} acc {info['val_acc']:.3f} | {info['images_per_s']:.1f} img/s")
+                   f"val loss {info['val_loss']:.4f} acc {info['val_acc']:.3f} balanced {_fmt(info.get('val_balanced_acc'))} "
+                   f"AUC {_fmt(info.get('val_roc_auc'))} | {info['images_per_s']:.1f} img/s")
             (self.bar.write if self.bar is not None else print)(msg)
         elif event == "done":
             self._close()
@@ -159,10 +167,10 @@ def cmd_train(args) -> int:
     config = _config_from_args(args)
     if not config.data:
         return _fail(EXIT_USAGE, "--data is required: the folder holding fake/ and real/ (try: python -m fvr_core demo-data)")
-    from .dataset import find_dataset_root
+    from .dataset import check_sources, resolve_sources
 
-    find_dataset_root(config.data)  # a DataError (exit 3) for a path that cannot be a data set, before a run is made
-    config = config.replace(data=str(Path(config.data).expanduser().resolve()))
+    check_sources(config.data)  # a DataError (exit 3) for a path that cannot be a data set, before a run is made
+    config = config.replace(data=resolve_sources(config.data))
     if args.background:
         run = launch(config, args.runs_dir, max_concurrent=args.max_concurrent)
         print(f"queued run {run.id} in {run.path.parent}; watch it with: python -m fvr_core runs --runs-dir {run.path.parent}")
@@ -179,12 +187,11 @@ def cmd_train(args) -> int:
 
 
 def cmd_resume(args) -> int:
-    from .runs import RunStore
     from .training import resume, stop_on_sigterm
 
     from . import distributed
 
-    run = RunStore(args.runs_dir).get(args.run)
+    run = find_run(args.run, args.runs_dir)
     stop_on_sigterm()
     main = distributed.from_environment().is_main
     resume(run, _ProgressBar() if main else None)
@@ -193,9 +200,8 @@ def cmd_resume(args) -> int:
 
 def cmd_stop(args) -> int:
     from .launcher import stop
-    from .runs import RunStore
 
-    run = RunStore(args.runs_dir).get(args.run)
+    run = find_run(args.run, args.runs_dir)
     stop(run)
     print(f"asked run {run.id} to stop (it was {run.state})")
     return EXIT_OK
@@ -203,9 +209,22 @@ def cmd_stop(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from .evaluation import evaluate_run
-    from .runs import RunStore
+    from .heldout import evaluate_held_out, format_per_source
 
-    run = RunStore(args.runs_dir).get(args.run)
+    run = find_run(args.run, args.runs_dir)
+    if args.held_out:
+        results = [evaluate_held_out(run, source, which=args.checkpoint) for source in args.held_out]
+        if args.json:
+            print(json.dumps(results, indent=2))
+        for result in [] if args.json else results:
+            print(f"run {run.id} ({run.config.model}, {args.checkpoint} checkpoint) on held-out {result['source']}: "
+                  f"{result['n_held_out']} image(s)"
+                  + (f", {result['left_out_seen_in_training']} left out (in the run's train/val split)" if result["left_out_seen_in_training"] else ""))
+            if result["paired_with"]:
+                print(f"scored together with {result['paired_with']}")
+            print(_format_metrics(result))
+            print(format_per_source(result["per_source"]))
+        return EXIT_OK
     result = evaluate_run(run, data=args.data, split=args.split, which=args.checkpoint)
     if args.json:
         if not args.per_image:
@@ -214,6 +233,33 @@ def cmd_evaluate(args) -> int:
     else:
         print(f"run {run.id} ({run.config.model}, {args.checkpoint} checkpoint) on {result['split']} of {result['data']}")
         print(_format_metrics(result))
+        print(format_per_source(result["per_source"]))
+    return EXIT_OK
+
+
+def cmd_leave_one_out(args) -> int:
+    from .heldout import format_per_source, leave_one_generator_out
+    from .training import stop_on_sigterm
+
+    config = _config_from_args(args)
+    if not config.data:
+        return _fail(EXIT_USAGE, "--data is required: the sources to train on (the held-out one may be among them)")
+    from .dataset import check_sources
+
+    check_sources(config.data)
+    check_sources(args.hold_out)
+    stop_on_sigterm()
+    result = leave_one_generator_out(config, args.hold_out, args.runs_dir, _ProgressBar())
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return EXIT_OK
+    test = result["test"]
+    print(f"run {result['run']}, trained without {result['source']}")
+    print(f"its own test split: balanced accuracy {_fmt(test.get('balanced_accuracy'))}  ROC AUC {_fmt(test.get('roc_auc'))}")
+    print(f"held out {result['source']} ({result['n_held_out']} image(s)"
+          + (f", scored together with {result['paired_with']}" if result["paired_with"] else "") + "):")
+    print(_format_metrics(result))
+    print(format_per_source(result["per_source"]))
     return EXIT_OK
 
 
@@ -238,10 +284,8 @@ def _photo_paths(items: Sequence[str]) -> list[str]:
 
 def _predictors(run_ids: Sequence[str], runs_dir, which: str = "best") -> dict:
     from .predict import Predictor
-    from .runs import RunStore
 
-    store = RunStore(runs_dir)
-    runs = [store.get(r) for r in run_ids]
+    runs = [find_run(r, runs_dir) for r in run_ids]
     return {f"{run.config.model} ({run.id})": Predictor.from_run(run, which=which) for run in runs}
 
 
@@ -261,7 +305,8 @@ def cmd_predict(args) -> int:
     if not paths:  # folders with no image in them
         return _fail(EXIT_DATA, f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in {', '.join(args.images)}")
     prepared = prepare_photos(paths, paths, face_crop=args.face_crop)
-    rows = predict_with_each(predictors, prepared, tta=args.tta, unsure_band=args.unsure_band)
+    rows = predict_with_each(predictors, prepared, tta=args.tta, unsure_band=args.unsure_band,
+                             judge_without_face=args.judge_without_face)
     if args.csv:
         _write_csv(rows, args.csv)
     if args.json:
@@ -272,6 +317,8 @@ def cmd_predict(args) -> int:
             where = f"{r['image']} [{r['face']}]" if r["face"] else r["image"]
             if r["error"]:
                 print(f"{where:<{width}}  error: {r['error']}")
+            elif r["prob_fake"] is None:
+                print(f"{where:<{width}}  {r['model']}  -> {r['verdict']} (--judge-without-face judges the whole image)")
             else:
                 print(f"{where:<{width}}  {r['model']}  P(fake) = {r['prob_fake']:.4f}  -> {r['verdict']}")
     return EXIT_DATA if any(r["error"] for r in rows) else EXIT_OK
@@ -282,7 +329,7 @@ def cmd_outside(args) -> int:
 
     predictors = _predictors(args.run, args.runs_dir)
     result = evaluate_folder(predictors, args.folder, args.labels, face_crop=args.face_crop, tta=args.tta,
-                             unsure_band=args.unsure_band)
+                             unsure_band=args.unsure_band, judge_without_face=args.judge_without_face)
     for problem in result["problems"]:
         print(f"skipped: {problem}", file=sys.stderr)
     if args.csv:
@@ -290,16 +337,15 @@ def cmd_outside(args) -> int:
     if args.json:
         print(json.dumps({"scores": result["scores"], "table": result["table"], "problems": result["problems"]}, indent=2))
         return EXIT_OK
-    columns = ["model", "photos", "accuracy", "balanced_accuracy", "roc_auc", "unsure", "correct_confident", "errors"]
+    columns = ["model", "photos", "accuracy", "balanced_accuracy", "roc_auc", "unsure", "not_judged", "correct_confident", "errors"]
     _print_table(result["scores"], columns)
     return EXIT_OK
 
 
 def cmd_calibrate(args) -> int:
     from .calibration import calibrate_run
-    from .runs import RunStore
 
-    run = RunStore(args.runs_dir).get(args.run)
+    run = find_run(args.run, args.runs_dir)
     cal = calibrate_run(run, data=args.data, which=args.checkpoint)
     if args.json:
         print(json.dumps(cal.to_dict(), indent=2))
@@ -313,9 +359,8 @@ def cmd_calibrate(args) -> int:
 
 def cmd_robustness(args) -> int:
     from .robustness import evaluate_robustness
-    from .runs import RunStore
 
-    run = RunStore(args.runs_dir).get(args.run)
+    run = find_run(args.run, args.runs_dir)
     rows = evaluate_robustness(run, data=args.data, split=args.split)
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -325,11 +370,23 @@ def cmd_robustness(args) -> int:
     return EXIT_OK
 
 
-def cmd_export_reference(args) -> int:
-    from .reference import export_reference, reference_info
+def cmd_ensemble(args) -> int:
+    from .ensemble import make_ensemble
     from .runs import RunStore
 
-    shipped = export_reference(RunStore(args.runs_dir).get(args.run), args.dest, args.max_mb)
+    store = RunStore(args.runs_dir)
+    members = [store.get(r) for r in args.runs]
+    run = make_ensemble(members, args.runs_dir, name=args.name, combine=args.combine, data=args.data)
+    test = run.test_metrics() or {}
+    print(f"run {run.id} in {run.path}: ensemble of {', '.join(m.id for m in members)}")
+    print(f"test metrics:\n{_format_metrics(test)}")
+    return EXIT_OK
+
+
+def cmd_export_reference(args) -> int:
+    from .reference import export_reference, reference_info
+
+    shipped = export_reference(find_run(args.run, args.runs_dir), args.dest, args.max_mb)
     info = reference_info(shipped)
     print(f"{shipped.path}  (weights: {info['weights']}{'; ' + info['note'] if info['note'] else ''})")
     return EXIT_OK
@@ -337,17 +394,29 @@ def cmd_export_reference(args) -> int:
 
 def cmd_runs(args) -> int:
     from .runs import RunStore
+    from .settings import reference_root
 
     store = RunStore(args.runs_dir)
     rows = store.summaries(model=args.model, state=args.state)
+    shipped = RunStore(reference_root())
+    if shipped.root.resolve() != store.root.resolve():
+        rows += shipped.summaries(model=args.model, state=args.state)  # marked by their "reference" field
     if args.json:
         print(json.dumps(rows, indent=2))
         return EXIT_OK
     if not rows:
         print(f"no runs in {store.root}")
         return EXIT_OK
-    columns = ["run", "model", "state", "epochs", "lr", "image_size", "best_val_acc", "test_acc", "test_balanced_acc", "test_roc_auc"]
+    for row in rows:
+        row["ref"] = "ref" if row["reference"] else ""
+    columns = ["run", "ref", "model", "state", "epochs", "lr", "image_size", "best_val_acc", "test_acc", "test_balanced_acc", "test_roc_auc"]
+    if any(r.get("search") for r in rows):  # a search's trials: which search, which trial
+        for row in rows:
+            row["search trial"] = f"{row['search'][-6:]}#{row['trial']}" if row.get("search") else ""
+        columns.insert(4, "search trial")
     _print_table(rows, columns)
+    if any(row["reference"] for row in rows):
+        print(f"ref: a reference run shipped with fvr ({shipped.root}); use its id like any other")
     return EXIT_OK
 
 
@@ -381,6 +450,143 @@ def cmd_models(args) -> int:
 
     for spec in MODELS.values():
         print(f"{spec.name:<20} {spec.parameter_count / 1e6:7.2f}M params  {spec.default_image_size}px  {spec.description}")
+    return EXIT_OK
+
+
+def _add_search_options(parser: argparse.ArgumentParser) -> None:
+    """TrainConfig's options for a search: a searchable setting takes one value (fixed for every
+    trial), LOW:HIGH (a range; log scale for lr and weight decay) or A,B,C (values to choose from)."""
+    from .config import TrainConfig, config_fields
+    from .search import searchable_fields
+
+    searchable = searchable_fields()
+    defaults = TrainConfig()
+    group = parser.add_argument_group("settings (TrainConfig): searchable ones take VALUE, LOW:HIGH or A,B,C")
+    for f in config_fields():
+        default = getattr(defaults, f.name)
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        kwargs: dict[str, Any] = {"dest": f.name, "default": None, "metavar": f.name.upper()}
+        if f.name in searchable:
+            kind = "A,B,C" if f.metadata.get("choices") else "LOW:HIGH or A,B,C"
+            kwargs["help"] = f"{f.metadata['help']}: one value or {kind} to search (default: {shown})"
+        else:
+            kwargs["help"] = f"{f.metadata['help']} (default: {shown})"
+            if f.metadata.get("choices"):
+                kwargs["choices"] = f.metadata["choices"]
+            if isinstance(default, bool):
+                kwargs["action"] = argparse.BooleanOptionalAction
+                kwargs.pop("metavar")
+        group.add_argument("--" + f.name.replace("_", "-"), **kwargs)
+
+
+def _search_spec_from_args(args):
+    from .config import TrainConfig, config_fields
+    from .search import SearchSpec, parse_range, searchable_fields
+
+    searchable = searchable_fields()
+    fixed, space = {}, {}
+    for f in config_fields():
+        value = getattr(args, f.name)
+        if value is None:
+            continue
+        many = isinstance(value, str) and (":" in value or ("," in value and f.name != "split"))
+        if many:  # a setting that is not searchable gets parse_range's message naming it
+            space[f.name] = parse_range(f.name, value)
+        else:
+            fixed[f.name] = value
+    base = TrainConfig.from_dict(fixed)
+    if not base.data:
+        raise SystemExit(_fail(EXIT_USAGE, "--data is required: the folder holding fake/ and real/ (try: python -m fvr_core demo-data)"))
+    return SearchSpec(base=base, space=space, trials=args.trials, objective=args.objective, pruner=args.pruner,
+                      seed=args.sampler_seed, name=base.name)
+
+
+class _TrialPrinter:
+    """One line per trial as it ends, and the epochs as they pass (a search runs for a while)."""
+
+    def __call__(self, event: str, info: dict) -> None:
+        if event == "trial" and info["state"] == "running":
+            print(f"trial {info['trial']}: training run {info['run']}", flush=True)
+        elif event == "trial":
+            message = f" ({info['message']})" if info.get("message") else ""
+            print(f"trial {info['trial']}: {info['state']}{message}", flush=True)
+        elif event == "epoch":
+            print(f"  epoch {info['epoch']}: val loss {info['val_loss']:.4f}  val balanced acc {info['val_balanced_acc']:.3f}", flush=True)
+
+
+def _print_search(search) -> None:
+    from .search import OBJECTIVES
+
+    status = search.status()
+    print(f"search {search.id}: {status['state']}" + (f" ({status['message']})" if status.get("message") else ""))
+    rows = search.trials_table()
+    if rows:
+        params = list(search.spec.space)
+        _print_table(rows, ["trial", "state", "objective", "epochs", *params, "run"])
+    best = search.best()
+    if best:
+        print(f"best: trial {best['trial']}, {OBJECTIVES[search.spec.objective].label} {best['value']:.4f}, "
+              + ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["params"].items()))
+        print(f"train it: python -m fvr_core train --config {search.path / 'best_config.json'}")
+    print(f"folder: {search.path}")
+
+
+def cmd_search(args) -> int:
+    from .runs import atomic_write_json
+    from .search import SearchStore, launch_search, prepare_resume, resume_search_in_background, run_search
+    from .settings import app_limits
+
+    limits = app_limits() if app_limits().demo else None  # a public demo's caps hold in its terminal too
+    store = SearchStore(args.runs_dir)
+    if args.resume:
+        search = store.get(args.resume)
+        if args.background:
+            resume_search_in_background(search, args.max_concurrent)
+            print(f"queued search {search.id} to resume; watch it with: python -m fvr_core searches {search.id}")
+            return EXIT_OK
+        prepare_resume(search)
+    else:
+        spec = _search_spec_from_args(args)
+        from .dataset import find_dataset_root
+
+        find_dataset_root(spec.base.data)  # a DataError (exit 3) before a search is made
+        if args.background:
+            search = launch_search(spec, args.runs_dir, limits=limits, max_concurrent=args.max_concurrent)
+            print(f"queued search {search.id}; watch it with: python -m fvr_core searches {search.id}")
+            return EXIT_OK
+        search = store.create(spec, limits)
+        search.claim()  # trained here: no background worker takes it
+    print(f"search {search.id} in {search.path}", flush=True)
+    state = run_search(search, progress=_TrialPrinter())
+    best = search.best()
+    if best:
+        atomic_write_json(search.path / "best_config.json", best["config"].to_dict())
+    _print_search(search)
+    return EXIT_OK if state == "completed" else EXIT_STOPPED
+
+
+def cmd_searches(args) -> int:
+    from .search import SearchStore, stop_search
+
+    store = SearchStore(args.runs_dir)
+    if args.search:
+        search = store.get(args.search)
+        if args.stop:
+            stop_search(search)
+            print(f"asked search {search.id} to stop (it was {search.state})")
+            return EXIT_OK
+        if args.json:
+            print(json.dumps({**search.summary(), "trials_table": search.trials_table()}, indent=2, default=str))
+        else:
+            _print_search(search)
+        return EXIT_OK
+    rows = [s.summary() for s in store.list()]
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+    elif not rows:
+        print(f"no searches in {store.root}")
+    else:
+        _print_table(rows, ["search", "state", "model", "trials", "completed", "pruned", "failed", "objective", "best", "ranges"])
     return EXIT_OK
 
 
@@ -436,10 +642,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default="best", choices=("best", "last"))
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--per-image", action="store_true", help="with --json: include every image's probability")
+    p.add_argument("--held-out", action="append", metavar="[fake:|real:]PATH",
+                   help="score the run on a folder it never saw instead (a generator's fakes: fake:PATH; paired with the "
+                        "run's test reals for balanced accuracy and ROC AUC); repeat for several; saved in held_out.json")
+
+    p = command("leave-one-out", cmd_leave_one_out,
+                "train without one generator (--hold-out), then score the run on it: how a detector does on a generator it never saw")
+    runs_dir(p)
+    p.add_argument("--hold-out", required=True, metavar="[fake:|real:]PATH",
+                   help="the source to hold out, e.g. fake:../shared/datasets/extra-gan-fakes/stylegan3 (taken out of --data if there)")
+    p.add_argument("--preset", choices=[_preset_slug(n) for n in PRESETS], help="start from the dashboard's preset")
+    p.add_argument("--config", help="a JSON file of settings; options given here override it")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_config_options(p)
 
     def photo_options(p):
         p.add_argument("--no-face-crop", dest="face_crop", action="store_false",
                        help="judge the whole image instead of each face found in it")
+        p.add_argument("--judge-without-face", action="store_true",
+                       help="judge the whole image when no face is found in it (default: such an image is not judged)")
         p.add_argument("--tta", action="store_true", help="also judge the mirror image and average (test-time augmentation)")
         p.add_argument("--unsure-band", type=_band, default=unsure_band(), metavar="LOW,HIGH",
                        help="calibrated P(fake) inside this band is reported as unsure (default: %(default)s)")
@@ -474,6 +695,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=("test", "val"))
     p.add_argument("--json", action="store_true")
 
+    p = command("ensemble", cmd_ensemble,
+                "a run that averages finished runs' calibrated opinions (same split), calibrated and tested like any run")
+    runs_dir(p)
+    p.add_argument("runs", nargs="+", metavar="RUN", help="member run ids or folders (at least two)")
+    p.add_argument("--combine", default="log_odds", choices=("log_odds", "probability"),
+                   help="average the members' calibrated log-odds (default) or probabilities")
+    p.add_argument("--name", default="", help="a label for the run")
+    p.add_argument("--data", help="where the members' data set lives now")
+
     p = command("export-reference", cmd_export_reference,
                 "copy a completed or diverged run into checkpoints/reference (weights in fp16 if needed, none if too large)")
     runs_dir(p)
@@ -501,6 +731,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=128)
 
     command("models", cmd_models, "list the registered models")
+
+    p = command("search", cmd_search, "search hyperparameters with Optuna: each trial is a run; e.g. "
+                "--data DIR --model cnn --epochs 5 --image-size 64 --lr 1e-4:1e-2 --batch-size 16,32,64")
+    runs_dir(p)
+    from .search import DEFAULT_TRIALS, OBJECTIVES, PRUNERS
+
+    p.add_argument("--trials", type=int, default=DEFAULT_TRIALS, help="number of trials (default: %(default)s)")
+    p.add_argument("--objective", default="val_balanced_accuracy", choices=list(OBJECTIVES),
+                   help="what a trial is scored by, at its best checkpoint (default: %(default)s)")
+    p.add_argument("--pruner", default="median", choices=list(PRUNERS),
+                   help="; ".join(f"{k}: {v[0]}" for k, v in PRUNERS.items()) + " (default: %(default)s)")
+    p.add_argument("--sampler-seed", type=int, default=0, help="seed of Optuna's sampler (default: %(default)s)")
+    p.add_argument("--resume", metavar="SEARCH", help="go on with a stopped or interrupted search (its id or a unique part)")
+    p.add_argument("--background", action="store_true", help="queue the search for the background worker and return at once")
+    p.add_argument("--max-concurrent", type=int, default=DEFAULT_MAX_CONCURRENT, help="runs trained at once by background workers")
+    _add_search_options(p)
+
+    p = command("searches", cmd_searches, "list searches, or show one's trials (and stop it with --stop)")
+    runs_dir(p)
+    p.add_argument("search", nargs="?", help="a search id (or a unique part of it)")
+    p.add_argument("--stop", action="store_true", help="stop the search: its running trial stops, no more start")
+    p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("worker")  # internal: the background queue worker started by launch()
     p.set_defaults(func=cmd_worker)

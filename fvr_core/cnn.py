@@ -1,6 +1,7 @@
 """The small CNNs: the original write-up's model (registry name `cnn`), its variant with ReLUs
 between the linear layers (`cnn_relu`), fvr's earlier reconstruction (`cnn_v0`, kept so runs
-trained with it still load), and the high-pass input wrapper of the residual models."""
+trained with it still load), a tiny CNN for smoke tests (`tiny_cnn`), and the high-pass input
+wrapper of the residual models."""
 
 from __future__ import annotations
 
@@ -76,6 +77,22 @@ class ReconstructedCNN(nn.Module):
             nn.Linear(64 * self.FEATURE_GRID**2, 128), nn.ReLU(inplace=True),
             nn.Linear(128, num_classes),
         )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.pool(self.features(x)))
+
+
+class TinyCNN(nn.Module):
+    """Two conv layers and a linear head, about 1.4 K parameters (a checkpoint of 6 KB): checks the
+    whole pipeline (data, training, checkpoints, resume, predictions) in seconds and without the
+    ~100 MB of checkpoints a `cnn` run writes. Not a detector worth training for its answers."""
+
+    def __init__(self, num_classes: int = 2):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3), nn.MaxPool2d(2), nn.ReLU(inplace=True),
+                                      nn.Conv2d(8, 16, 3), nn.ReLU(inplace=True))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(16, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.pool(self.features(x)))

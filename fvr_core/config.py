@@ -17,6 +17,10 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("none", "cosine", "onecycle")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "on", "off")
+CLASS_WEIGHTS = ("none", "balanced")
+# the validation metric that picks the best checkpoint and drives early stopping
+SELECT_METRICS = ("val_loss", "val_balanced_accuracy", "val_roc_auc")
+SOURCE_SEPARATOR = ";"  # between the sources of `data` (a path never holds one on the data sets fvr reads)
 
 
 class ConfigError(ValueError):
@@ -24,26 +28,32 @@ class ConfigError(ValueError):
 
 
 def _field(default: Any, help: str, choices: tuple | None = None, **kwargs) -> Any:
+    # search: the field is a hyperparameter a search may vary: True for a field with choices, else
+    # the (low, high) bounds a range must stay within; log: sample it on a log scale
     return field(default=default, metadata={"help": help, "choices": choices, **kwargs})
 
 
 @dataclass
 class TrainConfig:
-    data: str = _field("", "data set folder (class folders fake/ and real/, optionally data.csv)")
-    model: str = _field("cnn", "model name from the registry", tuple(MODELS))
+    data: str = _field("", "data set: a folder with class folders fake/ and real/ (optionally data.csv), or several "
+                           "sources separated by ';' (the CLI takes --data once per source); a folder of one class "
+                           "only is given as fake:PATH or real:PATH")
+    model: str = _field("cnn", "model name from the registry", tuple(MODELS), search=True)
     pretrained: bool = _field(False, "start from ImageNet weights (downloads them once)")
     epochs: int = _field(30, "passes over the training split")
-    lr: float = _field(1e-3, "peak learning rate")
-    batch_size: int = _field(32, "images per optimizer step")
-    optimizer: str = _field("adam", "optimizer", OPTIMIZERS)
-    weight_decay: float = _field(0.0, "weight decay (decoupled for adamw)")
-    momentum: float = _field(0.9, "momentum (sgd only)")
-    schedule: str = _field("none", "learning-rate schedule", SCHEDULES)
-    warmup_epochs: float = _field(0.0, "linear warm-up from lr/100, in epochs")
-    label_smoothing: float = _field(0.0, "label smoothing of the cross-entropy loss")
-    grad_clip: float = _field(0.0, "clip the gradient norm to this value (0 = off)")
-    augment: str = _field("light", "augmentation level", tuple(AUGMENTATIONS))
-    image_size: int = _field(300, "side of the square input in pixels")
+    lr: float = _field(1e-3, "peak learning rate", search=(1e-6, 1.0), log=True)
+    batch_size: int = _field(32, "images per optimizer step", search=(1, 1024))
+    optimizer: str = _field("adam", "optimizer", OPTIMIZERS, search=True)
+    weight_decay: float = _field(0.0, "weight decay (decoupled for adamw)", search=(0.0, 1.0), log=True)
+    momentum: float = _field(0.9, "momentum (sgd only)", search=(0.0, 0.999))
+    schedule: str = _field("none", "learning-rate schedule", SCHEDULES, search=True)
+    warmup_epochs: float = _field(0.0, "linear warm-up from lr/100, in epochs", search=(0.0, 20.0))
+    label_smoothing: float = _field(0.0, "label smoothing of the cross-entropy loss", search=(0.0, 0.5))
+    class_weights: str = _field("none", "loss weight per class: none, or balanced (each class weighs "
+                                        "n_train / (2 * n_class), so a 1:3 set counts both classes equally)", CLASS_WEIGHTS, search=True)
+    grad_clip: float = _field(0.0, "clip the gradient norm to this value (0 = off)", search=(0.0, 100.0))
+    augment: str = _field("light", "augmentation level", tuple(AUGMENTATIONS), search=True)
+    image_size: int = _field(300, "side of the square input in pixels", search=(32, 1024))
     train_crop: int = _field(0, "train on random crops of this side cut from the image_size images, pixels untouched "
                                 "(evaluation sees whole images); 0 = off")
     seed: int = _field(42, "seed of the split, initial weights and batch order")
@@ -52,7 +62,9 @@ class TrainConfig:
     mixed_precision: str = _field("auto", "bf16 autocast (auto: on for CUDA, off on CPU)", PRECISIONS)
     channels_last: str = _field("auto", "channels-last memory layout for convolutions (auto: on for CUDA and CPU)", PRECISIONS)
     compile: bool = _field(False, "torch.compile the model: faster steps after a compilation of tens of seconds")
-    patience: int = _field(0, "stop after this many epochs without a better validation loss (0 = off)")
+    select_metric: str = _field("val_loss", "validation metric that picks the best checkpoint and drives early stopping "
+                                            "(ties go to the lower validation loss)", SELECT_METRICS)
+    patience: int = _field(0, "stop after this many epochs without a better select_metric (0 = off)", search=(0, 100))
     threads: int = _field(0, "CPU threads for training (0 = all cores)")
     max_steps: int = _field(0, "stop after this many optimizer steps in total (0 = no limit)")
     log_every: int = _field(1, "write a step row to metrics.jsonl every N steps (on a GPU also at most 10 a second)")
@@ -106,12 +118,30 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"unknown setting(s) {', '.join(unknown)}: known ones are {', '.join(known)}")
         values = {}
+        if isinstance(data.get("data"), (list, tuple)):  # the sources as a list (a notebook, a hand-written config)
+            data = {**data, "data": join_sources(data["data"])}
         for name, value in data.items():
             values[name] = coerce(known[name], value)
         return cls(**values)
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return TrainConfig.from_dict({**self.to_dict(), **changes})
+
+
+def join_sources(sources: Any) -> str:
+    """`data` as TrainConfig stores it: the sources joined by ';' (one source: the path as it was)."""
+    if isinstance(sources, str):
+        return sources
+    parts = [str(s).strip() for s in sources if str(s).strip()]
+    bad = [p for p in parts if SOURCE_SEPARATOR in p]
+    if bad:
+        raise ConfigError(f"data source {bad[0]!r} holds a ';', which separates sources: rename the folder")
+    return SOURCE_SEPARATOR.join(parts)
+
+
+def split_sources(data: str) -> list[str]:
+    """The sources of a `data` value, in order ('' gives none)."""
+    return [part.strip() for part in data.split(SOURCE_SEPARATOR) if part.strip()]
 
 
 def coerce(f: dataclasses.Field, value: Any) -> Any:
@@ -138,6 +168,65 @@ def coerce(f: dataclasses.Field, value: Any) -> Any:
         raise ConfigError(f"{f.name}={value!r}: expected {type(default).__name__}") from None
 
 
+def to_query_params(values: dict[str, Any], base: dict[str, Any] | None = None) -> dict[str, str]:
+    """Settings (TrainConfig field names to values) as URL query parameters: only those that differ
+    from `base` (TrainConfig's defaults when None), so a shared link stays short and readable."""
+    known = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    base = TrainConfig().to_dict() if base is None else base
+    params = {}
+    for name, value in values.items():
+        if name not in known or (name in base and _same(value, base[name])):
+            continue
+        if isinstance(value, (tuple, list)):
+            params[name] = ",".join(f"{v:g}" for v in value)
+        elif isinstance(value, float):
+            params[name] = f"{value:g}"
+        else:
+            params[name] = str(value).lower() if isinstance(value, bool) else str(value)
+    return params
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return list(a) == list(b)
+    return a == b
+
+
+def from_query_params(params: dict[str, Any], names: tuple[str, ...] | None = None) -> tuple[dict[str, Any], list[str]]:
+    """Settings read back from URL query parameters: (the values that parse, by TrainConfig's field
+    types and choices, and one problem line per parameter that does not). Parameters that are no
+    setting, or not in `names`, are left alone (other parts of the app may own them). A URL is
+    typed or edited by people: a bad value is reported and skipped, never raised."""
+    known = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    values, problems = {}, []
+    for name, raw in params.items():
+        if name not in known or (names is not None and name not in names):
+            continue
+        f = known[name]
+        try:
+            value = coerce(f, raw)
+            choices = f.metadata.get("choices")
+            if choices and value not in choices:
+                raise ConfigError(f"{name}={raw!r}: choose one of {', '.join(choices)}")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{name}={raw!r}: must be a finite number")
+        except ConfigError as exc:
+            problems.append(f"{exc} (from the link; using the default)")
+            continue
+        values[name] = value
+    # each value within its own range (lr > 0, a size the link's model takes, ...), the rest as defaults
+    model = values.get("model", TrainConfig.model)
+    for name, value in list(values.items()):
+        try:
+            TrainConfig(**{"model": model, name: value}).validate()
+        except ConfigError as exc:
+            own = [p for p in str(exc).split(": ", 1)[-1].split("; ") if p.startswith(f"{name}=")]
+            if own:
+                del values[name]
+                problems.append(f"{'; '.join(own)} (from the link; using the default)")
+    return values, problems
+
+
 def config_fields() -> list[dataclasses.Field]:
     return list(dataclasses.fields(TrainConfig))
 
@@ -154,6 +243,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "image_size": 300, "epochs": 30, "batch_size": 32, "lr": 1e-3, "optimizer": "adam", "schedule": "none",
         "augment": "none", "weight_decay": 0.0, "grad_clip": 0.0, "label_smoothing": 0.0, "warmup_epochs": 0.0,
         "patience": 0, "seed": 42, "split": (0.6, 0.2, 0.2), "pretrained": False,
+        "class_weights": "none", "select_metric": "val_loss",
     },
 }
 PRESET_NOTES = {

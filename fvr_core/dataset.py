@@ -28,7 +28,7 @@ import numpy as np
 
 from . import settings
 from .images import ImageError, prepare_image
-from .settings import CLASSES, IMAGE_EXTENSIONS
+from .settings import CLASSES, FAKE, IMAGE_EXTENSIONS
 
 CACHE_FORMAT = 2  # bump when decoding or resizing changes, so old caches are not reused (2: box resize)
 MIN_IMAGES_PER_CLASS = 3  # one per split at least
@@ -237,9 +237,34 @@ class ImageSet:
     report: DataReport
     image_size: int
     cache_key: str = ""
+    # where each image comes from: sources[i] indexes source_names (one source: all 0) and
+    # source_roots (the folder its id is relative to, after the source's name for several sources)
+    sources: np.ndarray | None = None
+    source_names: list[str] = field(default_factory=list)
+    source_roots: list[Path] = field(default_factory=list)
+    ids_prefixed: bool = False  # ids start with their source's name (a set put together from sources)
+
+    def __post_init__(self) -> None:
+        if self.sources is None:
+            self.sources = np.zeros(len(self.ids), dtype=np.int64)
+        if not self.source_names:
+            self.source_names = [self.root.name]
+            self.source_roots = [self.root]
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def path_of(self, image_id: str) -> Path:
+        """The file behind an id (ids of several sources start with their source's name)."""
+        if not self.ids_prefixed:
+            return self.source_roots[0] / image_id
+        name, _, rest = image_id.partition("/")
+        return self.source_roots[self.source_names.index(name)] / rest
+
+    def strata(self) -> np.ndarray:
+        """What the split stratifies by: (source, class); with one source that is the class alone,
+        so a one-source data set splits exactly as it did before sources existed."""
+        return self.sources * len(CLASSES) + self.labels
 
     def class_counts(self) -> dict[str, int]:
         return {name: int((self.labels == i).sum()) for i, name in enumerate(CLASSES)}
@@ -311,6 +336,7 @@ def _write_cache(folder: Path, root: Path, records, size, progress) -> None:
             "labels": [records[i].label for i in keep],
             "failed": [{"id": records[i].id, "reason": failures[i]} for i in sorted(failures)],
             "image_size": size,
+            "root": str(root),  # so deleting an upload can delete what was decoded from it (uploads.prune_uploads)
         }
         (tmp / "index.json").write_text(json.dumps(index))
         try:
@@ -328,10 +354,25 @@ def load_dataset(
     progress: ProgressFn | None = None,
 ) -> ImageSet:
     """Scan, validate and decode a data set once; later calls with the same files and size load
-    the cache in about a second. Unusable files are skipped and listed in ``report.skipped``."""
+    the cache in about a second. Unusable files are skipped and listed in ``report.skipped``.
+
+    `path` is one folder with class folders, or several sources joined by ';' (see
+    parse_sources): each source is decoded and cached on its own, then they are put together with
+    ids prefixed by the source's name."""
     if image_size < 8:
         raise DataError(f"image size {image_size} is too small: use at least 8 pixels")
-    root, records, report = scan_dataset(path)
+    sources = parse_sources(str(path))
+    if len(sources) == 1 and sources[0].label is None:
+        return _load_source(sources[0], image_size, cache_dir, progress)
+    parts = [_load_source(source, image_size, cache_dir, progress) for source in sources]
+    return _combine(parts, str(path))
+
+
+def _load_source(source: "Source", image_size: int, cache_dir, progress) -> ImageSet:
+    if source.label is None:
+        root, records, report = scan_dataset(source.path)
+    else:
+        root, records, report = scan_one_class(source.path, source.label)
     key = _content_key(root, records, image_size)
     folder = Path(cache_dir or settings.cache_root()) / "images" / key
     if not (folder / "index.json").is_file():
@@ -347,11 +388,127 @@ def load_dataset(
 def is_cached(path: str | Path, image_size: int, cache_dir: str | Path | None = None) -> bool:
     """Whether `load_dataset(path, image_size)` would find its decoded images in the cache."""
     try:
-        root, records, _ = scan_dataset(path)
+        scans = [scan_dataset(s.path) if s.label is None else scan_one_class(s.path, s.label) for s in parse_sources(str(path))]
     except DataError:
         return False
-    key = _content_key(root, records, image_size)
-    return (Path(cache_dir or settings.cache_root()) / "images" / key / "index.json").is_file()
+    folder = Path(cache_dir or settings.cache_root()) / "images"
+    return bool(scans) and all((folder / _content_key(root, records, image_size) / "index.json").is_file()
+                               for root, records, _ in scans)
+
+
+# ---------------------------------------------------------------------------------------------
+# several sources
+
+
+@dataclass(frozen=True)
+class Source:
+    """One source of a data set: a folder with class folders (label None), or a folder whose
+    images are all of one class (`fake:PATH`, `real:PATH`: a generator's fakes, a photo collection)."""
+
+    path: str
+    label: int | None = None
+
+    @property
+    def spec(self) -> str:
+        return self.path if self.label is None else f"{CLASSES[self.label]}:{self.path}"
+
+
+def parse_sources(data: str) -> list[Source]:
+    """The sources of a TrainConfig `data` value: ';'-separated, each PATH (class folders) or
+    CLASS:PATH (one class: fake or real)."""
+    sources = []
+    for part in (p.strip() for p in str(data).split(";")):
+        if not part:
+            continue
+        prefix, sep, rest = part.partition(":")
+        if sep and prefix.strip().lower() in CLASSES:
+            if not rest.strip():
+                raise DataError(f"data source {part!r} names no folder: write {prefix}:PATH")
+            sources.append(Source(rest.strip(), CLASSES.index(prefix.strip().lower())))
+        else:
+            sources.append(Source(part))
+    if not sources:
+        raise DataError("no data set given: pass the folder that holds fake/ and real/")
+    return sources
+
+
+def resolve_sources(data: str) -> str:
+    """`data` with every source's path made absolute (prefixes kept), as a run's config stores it."""
+    return ";".join(Source(str(Path(s.path).expanduser().resolve()), s.label).spec for s in parse_sources(data))
+
+
+def check_sources(data: str) -> list[Path]:
+    """Raise DataError naming the first source that cannot be read; returns each source's folder."""
+    roots = []
+    for source in parse_sources(data):
+        roots.append(find_dataset_root(source.path) if source.label is None else _one_class_folder(source.path))
+    return roots
+
+
+def _one_class_folder(path: str | Path) -> Path:
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise DataError(f"one-class source folder {folder} does not exist or is not a folder: pass a folder of images")
+    return folder
+
+
+def scan_one_class(path: str | Path, label: int) -> tuple[Path, list[ImageRecord], DataReport]:
+    """The images under a folder (any depth), all labelled `label`."""
+    root = _one_class_folder(path)
+    skipped: list[SkippedFile] = []
+    records = sorted((ImageRecord(p.relative_to(root).as_posix(), label) for p in _walk_images(root, root, skipped)),
+                     key=lambda r: r.id)
+    return root, records, DataReport(str(root), f"one class ({CLASSES[label]})", skipped=skipped)
+
+
+def _source_names(roots: Sequence[Path]) -> list[str]:
+    """A short, unique name per source: its folder's name (a number added where two share one)."""
+    names: list[str] = []
+    for root in roots:
+        name, n = root.name or "source", 2
+        while name in names:
+            name, n = f"{root.name}-{n}", n + 1
+        names.append(name)
+    return names
+
+
+def _combine(parts: list[ImageSet], description: str) -> ImageSet:
+    """One ImageSet of several sources, in the order given; ids become SOURCE/ID."""
+    names = _source_names([p.root for p in parts])
+    ids = [f"{name}/{image_id}" for name, part in zip(names, parts) for image_id in part.ids]
+    images = np.concatenate([np.asarray(p.images) for p in parts]) if parts else np.zeros((0, 3, 1, 1), np.uint8)
+    labels = np.concatenate([p.labels for p in parts])
+    sources = np.concatenate([np.full(len(p), i, dtype=np.int64) for i, p in enumerate(parts)])
+    skipped = [SkippedFile(f"{name}/{s.id}", s.reason) for name, p in zip(names, parts) for s in p.report.skipped]
+    report = DataReport(description, "sources: " + ", ".join(f"{n} ({p.report.layout})" for n, p in zip(names, parts)),
+                        counts={c: int((labels == i).sum()) for i, c in enumerate(CLASSES)}, skipped=skipped)
+    roots = [p.root for p in parts]
+    common = Path(os.path.commonpath([str(r) for r in roots])) if roots else Path(".")
+    return ImageSet(common, images, labels, ids, report, parts[0].image_size, "+".join(p.cache_key for p in parts),
+                    sources, names, roots, ids_prefixed=True)
+
+
+def source_class_names(data: ImageSet) -> list[str]:
+    """A name per (source, class) group, in strata order: 'stylegan3 fake', 'tpdne-vs-ffhq-300 real'."""
+    return [f"{name} {c}" for name in data.source_names for c in CLASSES]
+
+
+def per_source_recall(data: ImageSet, indices: Sequence[int], prob_fake: Sequence[float], threshold: float = 0.5) -> list[dict]:
+    """Per (source, class) among `indices`: how many images, how many the detector got right (fakes
+    caught, reals kept) and that share (the recall of that group). Groups with no image are left out."""
+    indices = np.asarray(indices, dtype=np.int64)
+    called_fake = np.asarray(prob_fake, dtype=np.float64) >= threshold
+    rows = []
+    for s, name in enumerate(data.source_names):
+        for c, cls in enumerate(CLASSES):
+            members = (data.sources[indices] == s) & (data.labels[indices] == c)
+            n = int(members.sum())
+            if not n:
+                continue
+            right = int((called_fake[members] == (c == FAKE)).sum())
+            rows.append({"source": name, "class": cls, "n": n, "correct": right, "recall": right / n,
+                         "what": "fakes caught" if cls == "fake" else "reals kept"})
+    return rows
 
 
 def require_trainable(data: ImageSet) -> None:
@@ -372,8 +529,9 @@ SPLIT_NAMES = ("train", "val", "test")
 
 
 def stratified_split(labels: Sequence[int], fractions: Sequence[float] = (0.6, 0.2, 0.2), seed: int = 42) -> dict[str, np.ndarray]:
-    """Deterministic stratified split into train/val/test positions; every split gets at least one
-    image of each class that has three or more."""
+    """Deterministic stratified split into train/val/test positions. `labels` is each image's
+    stratum (its class, or ImageSet.strata(): source and class); every split gets at least one
+    image of each stratum that has three or more."""
     labels = np.asarray(labels)
     total = float(sum(fractions))
     rng = np.random.default_rng(seed)
@@ -394,5 +552,6 @@ def stratified_split(labels: Sequence[int], fractions: Sequence[float] = (0.6, 0
 
 
 def split_ids(data: ImageSet, fractions: Sequence[float], seed: int) -> dict[str, list[str]]:
-    positions = stratified_split(data.labels, fractions, seed)
+    """The split of a data set by id, stratified by (source, class): one source splits as it always did."""
+    positions = stratified_split(data.strata(), fractions, seed)
     return {name: [data.ids[i] for i in idx] for name, idx in positions.items()}

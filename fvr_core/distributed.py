@@ -3,10 +3,14 @@
 `python -m fvr_core train ...` run under `torchrun --nproc_per_node=N` (one node) or with
 `--nnodes/--node_rank/--rdzv_endpoint` (several) trains one run: every process holds the model
 (DistributedDataParallel averages the gradients), takes its own share of each epoch's batches,
-and evaluates the same validation images, so all make the same early-stopping decisions without
-talking. Only the main process (rank 0) writes the run folder; the others write into a private
+and evaluates the same validation images. Only the main process (rank 0) writes the run folder; the others write into a private
 scratch folder that is removed at the end. Stop requests and divergence are agreed on with one
-small all-reduce at the steps where the trainer checks them.
+small all-reduce at the steps where the trainer checks them. Early stopping and the best
+checkpoint follow rank 0's validation loss, broadcast to every process: losses computed apart can
+differ in their last bits (nondeterministic kernels), and ranks that stopped at different epochs
+would leave the others waiting in an all-reduce forever. Each process's random state
+(augmentation, CPU and CUDA generators) is gathered into rank 0's `last_state.pt`, so a resumed
+process continues its own streams.
 """
 
 from __future__ import annotations
@@ -77,6 +81,15 @@ def broadcast_object(value, context: DistContext):
     box = [value if context.is_main else None]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def all_gather_object(value, context: DistContext) -> list:
+    """Every process's `value`, in rank order, on every process ([value] when alone)."""
+    if not context.enabled:
+        return [value]
+    values = [None] * context.world_size
+    dist.all_gather_object(values, value)
+    return values
 
 
 def shard(order: torch.Tensor, context: DistContext) -> torch.Tensor:

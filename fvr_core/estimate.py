@@ -19,16 +19,19 @@ import os
 import statistics
 import time
 from dataclasses import asdict, dataclass, fields
-from typing import Callable
+import socket
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
 
 from .augment import BatchAugmenter
 from .config import TrainConfig
+from .durations import format_duration  # noqa: F401  (re-exported: pages and the CLI import it from here)
 from .evaluation import predict_logits
-from .models import build_model
-from .runs import atomic_write_json, read_json
+from .models import build_model, get_spec
+from .runs import COMPLETED, Run, RunError, atomic_write_json, read_json
+from . import settings
 from .settings import cache_root
 from .training import configure_threads, resolve_device
 
@@ -44,6 +47,16 @@ MAX_TIMED_STEPS = 20  # enough for a stable median; more only spends the budget 
 # Larger source photos decode slower, roughly in proportion to their pixels.
 DECODE_SECONDS_PER_IMAGE = 0.0015
 EVAL_BATCH_MIN = 64  # the trainer evaluates in batches of max(64, batch_size)
+# A measurement older than this is taken again: the machine, its load or the code may have changed.
+STALE_SECONDS = 24 * 3600.0
+# A measurement that is off from a finished run's real speed by more than this factor either way
+# (measured under load, or by another process) is dropped and measured again.
+DISAGREE_FACTOR = 1.5
+# Where actual times are likely to fall around the estimate (factors of it), on a machine whose load
+# stays steady: judgements, not fitted figures; README "Time estimates" shows how far a shared,
+# heavily loaded machine strays from them.
+RANGE_FROM_RUN = (0.8, 1.25)
+RANGE_FROM_MEASUREMENT = (0.5, 1.3)
 
 
 @dataclass
@@ -61,6 +74,7 @@ class Speed:
     train_step_seconds: float = 0.0  # the part of a training step that does not grow with the batch
     eval_batch_seconds: float = 0.0  # the part of an inference batch that does not grow with it
     measure_batches: tuple[int, ...] = ()  # the batch sizes actually timed
+    source: str = "measured"  # "measured" (a timed benchmark) or "run <id>" (a finished run's real speed)
 
     def train_seconds(self, images: int, steps: int) -> float:
         """Seconds to train on `images` images in `steps` optimizer steps."""
@@ -93,28 +107,38 @@ class TimeEstimate:
     speed: Speed
     cached: bool  # the Speed came from the disk cache (False when measured now or passed in)
 
+    @property
+    def from_run(self) -> bool:
+        return self.speed.source.startswith("run ")
+
+    def range_seconds(self) -> tuple[float, float]:
+        """(low, high): where the actual time is likely to fall. Narrower when the speed is a
+        finished run's on this machine than when it is a seconds-long benchmark (README: "Time
+        estimates" has the figures these bounds come from)."""
+        low, high = RANGE_FROM_RUN if self.from_run else RANGE_FROM_MEASUREMENT
+        return low * self.total_seconds, high * self.total_seconds
+
     def describe(self) -> str:
-        """One line for a user, e.g. 'about 4 min on this machine (cpu, 2 threads): 3 min training, ...'."""
+        """One line for a user, e.g. 'about 4 min (3-5 min) on this machine (cpu, 2 threads, ...): 3 min training, ...'."""
         where = f"{self.speed.device}, {self.speed.threads} threads" if self.speed.device == "cpu" else self.speed.device
+        basis = f"as fast as {self.speed.source}" if self.from_run else "from a short measurement"
         parts = [f"{format_duration(self.train_seconds)} training", f"{format_duration(self.eval_seconds)} evaluation"]
         if self.decode_seconds > 0:
             parts.append(f"{format_duration(self.decode_seconds)} decoding images")
-        return f"about {format_duration(self.total_seconds)} on this machine ({where}): {', '.join(parts)}"
+        return (f"about {format_duration(self.total_seconds)} ({format_range(*self.range_seconds())}) on this machine "
+                f"({where}; {basis}): {', '.join(parts)}")
 
 
-def format_duration(seconds: float) -> str:
-    """'45 s', '3 min', '1 h 20 min': as precise as a user planning their time needs."""
-    if not math.isfinite(seconds):
-        return "unknown"
-    if seconds < 0.5:
-        return "under 1 s"
-    if round(seconds) < 60:
-        return f"{round(seconds)} s"
-    minutes = round(seconds / 60)
-    if minutes < 60:
-        return f"{minutes} min"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h" if minutes == 0 else f"{hours} h {minutes} min"
+def format_range(low: float, high: float) -> str:
+    """'40 s-1 min', '3-5 min': a range in the units format_duration uses."""
+    a, b = format_duration(low), format_duration(high)
+    if a == b:
+        return a
+    if a.endswith(" min") and b.endswith(" min") and "h" not in a + b:
+        return f"{a[:-4]}-{b}"
+    if a.endswith(" s") and b.endswith(" s"):
+        return f"{a[:-2]}-{b}"
+    return f"{a}-{b}"
 
 
 # ---- measurement
@@ -259,11 +283,12 @@ def _load_or_measure(
         used = configure_threads(threads) if torch_device.type == "cpu" else previous_threads
         key = _cache_key(model, image_size, batch_size, torch_device.type, used)
         cached = None if refresh else _read_cache(key)
-        if cached is not None:
+        if cached is not None and time.time() - cached.measured_unix < STALE_SECONDS:
             return cached, True
         # the largest batch timed is at most max(batch_size, 64): hold that many random images
         largest = max(batch_size, EVAL_BATCH_MIN)
-        with torch.random.fork_rng(devices=[]):  # building a model draws weights: leave the caller's RNG as it was
+        # in a prediction slot: a page's measurement takes its turn with the predictions of all sessions
+        with settings.prediction_slot(), torch.random.fork_rng(devices=[]):  # building a model draws weights: leave the caller's RNG as it was
             bench = _Bench(model, image_size, largest, torch_device)
             per_image, step, eval_per_image, eval_fixed, batches = _measure(bench, batch_size, budget_seconds)
         eval_batch = max(EVAL_BATCH_MIN, batch_size)
@@ -278,6 +303,83 @@ def _load_or_measure(
         return speed, False
     finally:
         torch.set_num_threads(previous_threads)
+
+
+# ---- speed from finished runs
+
+
+def observed_speed(runs: Iterable[Run], model: str, image_size: int, batch_size: int, device: str = "cpu",
+                   threads: int | None = None) -> Speed | None:
+    """The real speed of the newest completed run of `model` at `image_size` and `batch_size` on
+    this host and device (and thread count, when given): the first source of an estimate, since it
+    includes everything a benchmark leaves out (data loading, evaluation, checkpoints, the load the
+    machine is under). A resumed run is skipped (its clock covers only its last part)."""
+    host = socket.gethostname()
+    for run in runs:
+        try:
+            config = run.config
+            if (config.model, config.image_size, config.batch_size) != (model, image_size, batch_size):
+                continue
+            status = run.status()
+            if status.get("state") != COMPLETED or run.is_reference or status.get("host") != host:
+                continue
+            if not str(status.get("device", "")).startswith(device) or (threads and status.get("threads") != threads):
+                continue
+            speed = _speed_of(run, status, config)
+        except (RunError, OSError, ValueError, KeyError, TypeError, ZeroDivisionError):
+            continue  # a damaged or unusual run folder: look at the next
+        if speed is not None:
+            return speed
+    return None
+
+
+def _speed_of(run: Run, status: dict, config: TrainConfig) -> Speed | None:
+    timing = run.timing()
+    if timing is None:
+        return None
+    return Speed(
+        model=config.model, image_size=config.image_size, device=str(status.get("device", "cpu")).split(":")[0],
+        threads=int(status.get("threads") or 0), train_seconds_per_image=timing["train_seconds"] / timing["train_images"],
+        # the rest of the run's time (loading, validation, testing, checkpoints) per image evaluated
+        eval_seconds_per_image=timing["other_seconds"] / timing["evaluated_images"],
+        measured_unix=float(status.get("heartbeat_unix") or time.time()), batch_size=config.batch_size, source=f"run {run.id}",
+    )
+
+
+def speed_for(config: TrainConfig, runs: Iterable[Run] = (), measure: bool = True, budget_seconds: float = 2.0) -> Speed | None:
+    """The speed to estimate `config` with: a finished run's on this machine if there is one
+    (a cached measurement that disagrees with it by more than DISAGREE_FACTOR is dropped, so it
+    is measured again when next needed), else the cached measurement unless it is stale, else a
+    new measurement; with measure=False, None instead of measuring."""
+    device = resolve_device(config.device).type
+    observed = observed_speed(runs, config.model, config.image_size, config.batch_size, device)
+    key = _cache_key(config.model, config.image_size, config.batch_size, device, _threads_used(config.threads, device))
+    cached = _read_cache(key)
+    if observed is not None:
+        if cached is not None and not _agrees(cached, observed):
+            _drop_cache(key)
+        return observed
+    if not measure:
+        return cached if cached is not None and time.time() - cached.measured_unix < STALE_SECONDS else None
+    return _load_or_measure(config.model, config.image_size, config.batch_size, device, config.threads, budget_seconds, False)[0]
+
+
+def _agrees(measured: Speed, observed: Speed) -> bool:
+    ratio = measured.train_seconds_per_image / max(observed.train_seconds_per_image, 1e-12)
+    return 1 / DISAGREE_FACTOR <= ratio <= DISAGREE_FACTOR
+
+
+def _threads_used(threads: int, device: str) -> int:
+    if device != "cpu":
+        return torch.get_num_threads()
+    return threads or max(1, os.cpu_count() or 1)
+
+
+def _drop_cache(key: str) -> None:
+    path = cache_root() / "speed.json"
+    cache = read_json(path, {})
+    if isinstance(cache, dict) and cache.pop(key, None) is not None:
+        atomic_write_json(path, cache)
 
 
 # ---- estimate
@@ -299,13 +401,37 @@ def estimate_run(
     total_steps = config.epochs * steps_per_epoch
     if config.max_steps:
         total_steps = min(total_steps, config.max_steps)
-    images = min(config.epochs * n_train, total_steps * config.batch_size)
+    # whole epochs, then the steps of an epoch cut short by max_steps (each full batches, until the split ends)
+    full_epochs, steps_left = divmod(total_steps, steps_per_epoch)
+    images = full_epochs * n_train + min(steps_left * config.batch_size, n_train)
     epochs_run = math.ceil(total_steps / steps_per_epoch)  # a run cut by max_steps still validates its last epoch
     eval_batch = max(EVAL_BATCH_MIN, config.batch_size)
     train_seconds = speed.train_seconds(images, total_steps)
     eval_seconds = epochs_run * speed.eval_seconds(n_val, eval_batch) + speed.eval_seconds(n_test, eval_batch)
+    if get_spec(config.model).fit is not None:
+        # a classical detector: one pass of its feature extractor over every image (what its
+        # forward pass costs) and a linear fit on them, which is short beside it
+        train_seconds = 0.0
+        eval_seconds = speed.eval_seconds(n_train + n_val + n_test, eval_batch)
     decode_seconds = 0.0 if decoded else (n_train + n_val + n_test) * DECODE_SECONDS_PER_IMAGE
     return TimeEstimate(
         train_seconds=train_seconds, eval_seconds=eval_seconds, decode_seconds=decode_seconds,
         total_seconds=train_seconds + eval_seconds + decode_seconds, speed=speed, cached=cached,
+    )
+
+
+def estimate_runs(configs: Iterable[TrainConfig], split_sizes: dict[str, int], decoded: bool = True,
+                  speeds: Iterable[Speed] | None = None) -> TimeEstimate:
+    """The estimate of several runs trained one after the other ("Train all four"): their sums,
+    images decoded once (the first run leaves them in the cache). `speeds` in `configs` order."""
+    configs = list(configs)
+    speeds = list(speeds) if speeds is not None else [None] * len(configs)
+    parts = [estimate_run(c, split_sizes, decoded=decoded or i > 0, speed=s) for i, (c, s) in enumerate(zip(configs, speeds))]
+    slowest = max(parts, key=lambda p: p.total_seconds)
+    # the range of the least certain part: one measured speed among finished-run speeds widens it
+    speed = next((p.speed for p in parts if not p.from_run), slowest.speed)
+    return TimeEstimate(
+        train_seconds=sum(p.train_seconds for p in parts), eval_seconds=sum(p.eval_seconds for p in parts),
+        decode_seconds=sum(p.decode_seconds for p in parts), total_seconds=sum(p.total_seconds for p in parts),
+        speed=speed, cached=all(p.cached for p in parts),
     )

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .augment import normalize
+from .dataset import per_source_recall
 from .metrics import classification_metrics, roc_auc, roc_curve  # noqa: F401  (this module's API before metrics.py)
 from .settings import CLASSES, FAKE, beside_project
 
@@ -79,6 +80,7 @@ def evaluate_run(run, data: str | Path | None = None, split: str = "test", which
     labels = image_set.labels[indices]
     result = classification_metrics(labels, probs)
     result.update(
+        per_source=per_source_recall(image_set, indices, probs),
         run=run.id, split=split, data=str(image_set.root), checkpoint=which,
         predictions=[
             {"id": image_set.ids[i], "label": CLASSES[int(y)], "prob_fake": float(p)}

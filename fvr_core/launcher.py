@@ -21,10 +21,18 @@ from pathlib import Path
 from typing import Iterator
 
 from .config import TrainConfig, check_limits
+from .dataset import parse_sources, resolve_sources
 from .runs import QUEUED, RUNNING, STOPPED, Run, RunError, RunStore, now_iso
+from . import settings
 from .settings import PROJECT_ROOT, AppLimits
 
 DEFAULT_MAX_CONCURRENT = 1
+
+
+def _limits_for(limits: AppLimits | None) -> AppLimits | None:
+    """The caps a launch applies: the caller's, and in demo mode always the demo's (a caller
+    passing none, or looser ones, is held to them too). None: a local caller that asked for none."""
+    return settings.enforced_limits(limits) if limits is not None or settings.app_limits().demo else None
 
 
 def launch(
@@ -32,24 +40,31 @@ def launch(
     runs_dir: str | Path | None = None,
     max_concurrent: int = DEFAULT_MAX_CONCURRENT,
     limits: AppLimits | None = None,
+    owner: str | None = None,
 ) -> Run:
     """Queue a training run and make sure a background worker will train it. Returns at once.
-    With `limits` (the dashboard passes `settings.app_limits()`), a config or a queue longer than
-    they allow raises ConfigError or RunError, and in demo mode data outside the data root DataError."""
+    With `limits` (the dashboard passes `settings.app_limits()`; in demo mode they apply whatever
+    is passed), a config or a queue longer than they allow raises ConfigError or RunError, and in
+    demo mode data outside the data root, or another visitor's upload, DataError. `owner` is the
+    dashboard session that starts the run: in demo mode only it may stop, resume or delete it."""
     if config.data:
-        config = config.replace(data=str(Path(config.data).expanduser().resolve()))
+        config = config.replace(data=resolve_sources(config.data))
     store = RunStore(runs_dir)
+    limits = _limits_for(limits)
     if limits is not None:
         check_limits(config.validate(), limits)
         if not limits.allow_paths:
-            from .datasources import resolve_user_path  # demo mode: only the data root (demo set, uploads)
+            from .datasources import resolve_user_folder  # demo mode: only the data root (demo set, uploads)
+            from .uploads import check_visible
 
-            resolve_user_path(config.data, limits)
+            for source in parse_sources(config.data):
+                resolve_user_folder(source.path, limits, "a data set folder")
+                check_visible(source.path, limits, owner)
         max_concurrent = limits.max_concurrent_runs
     with _queue_lock(store.root):
         if limits is not None:
             _check_room(store, limits)
-        run = store.create(config)
+        run = store.create(config, owner=owner)
     start_worker(store.root, max_concurrent)
     return run
 
@@ -65,7 +80,9 @@ def _queue_lock(runs_root: Path) -> Iterator[None]:
 
 
 def _check_room(store: RunStore, limits: AppLimits) -> None:
-    active = len(store.list(state=QUEUED)) + len(store.list(state=RUNNING))
+    from .search import active_searches  # a queued or running search holds a place like a run
+
+    active = len(store.list(state=QUEUED)) + len(store.list(state=RUNNING)) + active_searches(store.root)
     if active >= limits.max_queued_runs:
         raise RunError(
             f"{active} runs are already queued or running, the most this app allows: "
@@ -122,19 +139,37 @@ def next_queued(store: RunStore) -> Run | None:
     return None
 
 
-def _next_queued_within(store: RunStore, seconds: float) -> Run | None:
-    """Claim the oldest queued run, waiting up to `seconds` for one to be queued."""
+def _next_queued_within(store: RunStore, seconds: float):
+    """Claim the oldest queued run, else the oldest queued search (fvr_core.search), waiting up
+    to `seconds` for one to be queued."""
+    from .search import next_queued_search
+
     deadline = time.monotonic() + seconds
-    while (run := next_queued(store)) is None and time.monotonic() < deadline:
+    while (job := next_queued(store) or next_queued_search(store.root)) is None and time.monotonic() < deadline:
         time.sleep(0.1)
-    return run
+    return job
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived (a platform stopping the app, `kill`): the trainer ends its run as stopped,
+    resumable, and a worker exits instead of taking the next queued run."""
+
+
+_terminated = threading.Event()
+
+
+def terminated() -> bool:
+    """Whether this process was sent SIGTERM (after stop_on_sigterm)."""
+    return _terminated.is_set()
 
 
 def stop_on_sigterm() -> None:
-    """Turn SIGTERM into a KeyboardInterrupt, so a terminated trainer ends its run as stopped."""
+    """Turn SIGTERM into Terminated (a KeyboardInterrupt), so a terminated trainer ends its run as
+    stopped, and remember it, so a worker leaves the rest of the queue to the next worker."""
 
     def handler(signum, frame):
-        raise KeyboardInterrupt()
+        _terminated.set()
+        raise Terminated("SIGTERM: this process was asked to end")
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, handler)
@@ -159,7 +194,19 @@ def work(runs_root: str | Path, max_concurrent: int = DEFAULT_MAX_CONCURRENT, id
                 return trained  # the worker holding the slot will take our run
             from .training import Trainer  # torch loads once this worker has a slot to train in
 
-            while (run := _next_queued_within(store, idle_seconds)) is not None:
+            while not terminated() and (run := _next_queued_within(store, idle_seconds)) is not None:
+                if not isinstance(run, Run):  # a search: its trials train here, one after another
+                    from .search import run_search
+
+                    try:
+                        run_search(run, cpu_share=max_concurrent)
+                    except KeyboardInterrupt:
+                        return trained
+                    except Exception as exc:  # recorded in the search's status; the queue goes on
+                        print(f"{now_iso()} search {run.id} failed: {exc}", flush=True)
+                        run.write_status("failed", message=f"{type(exc).__name__}: {exc}", ended=now_iso())
+                    trained += 1
+                    continue
                 if run.stop_requested():
                     run.write_status(STOPPED, message="stopped before it started", ended=now_iso())
                     continue
@@ -171,19 +218,27 @@ def work(runs_root: str | Path, max_concurrent: int = DEFAULT_MAX_CONCURRENT, id
                 except Exception as exc:  # recorded in the run's status; the queue goes on
                     print(f"{now_iso()} run {run.id} failed: {exc}", flush=True)
                 trained += 1
+                if terminated():  # the trainer stopped its run for SIGTERM: the queue waits for the next worker
+                    print(f"{now_iso()} SIGTERM: run {run.id} stopped (resumable); leaving the queue to the next worker", flush=True)
+                    return trained
         # a run queued after our last look but before we let go of the slot found the slot
         # taken and its worker left: look once more now that the slot is free
-        if not store.list(state=QUEUED):
+        from .search import has_queued_search
+
+        if terminated() or (not store.list(state=QUEUED) and not has_queued_search(store.root)):
             return trained
         time.sleep(0.05)
 
 
-def resume_in_background(run: Run, max_concurrent: int = DEFAULT_MAX_CONCURRENT, limits: AppLimits | None = None) -> Run:
+def resume_in_background(run: Run, max_concurrent: int = DEFAULT_MAX_CONCURRENT, limits: AppLimits | None = None,
+                         owner: str | None = None) -> Run:
     """Queue an interrupted, stopped or failed run to continue from its last checkpoint in a
-    background worker (as `resume` does in this process). With `limits`, a queue already as long
-    as they allow raises RunError."""
+    background worker (as `resume` does in this process). With `limits` (always in demo mode), a
+    queue already as long as they allow raises RunError, and so does a run `owner` did not start."""
     from .training import RESUMABLE
 
+    limits = _limits_for(limits)
+    run.check_may_change("resume", limits, owner)
     if limits is not None:
         max_concurrent = limits.max_concurrent_runs
     with _queue_lock(run.path.parent):  # of two sessions resuming one run at once, the second finds it queued
@@ -202,8 +257,10 @@ def resume_in_background(run: Run, max_concurrent: int = DEFAULT_MAX_CONCURRENT,
     return run
 
 
-def stop(run: Run) -> None:
-    """Stop a run: a queued one never starts, a running one stops after its current step."""
+def stop(run: Run, limits: AppLimits | None = None, owner: str | None = None) -> None:
+    """Stop a run: a queued one never starts, a running one stops after its current step. In
+    demo mode only the session that started it (`owner`) may; RunError otherwise."""
+    run.check_may_change("stop", limits, owner)
     run.request_stop()
     if run.state == QUEUED and run.claim():
         run.write_status(STOPPED, message="stopped before it started", ended=now_iso())

@@ -51,6 +51,15 @@ class ModelSpec:
     saliency_layer: str  # module name for Grad-CAM: the activation after the last convolution (spatial, before pooling)
     pretrained_available: bool
     description: str
+    # a classical detector fitted in one pass instead of by gradient steps:
+    # fit(model, train_batches, train_labels, val_batches, val_labels, progress) -> summary dict
+    fit: Callable | None = None
+
+    @property
+    def has_saliency(self) -> bool:
+        """Whether Grad-CAM applies: the model has a spatial layer to explain (a histogram of
+        residual co-occurrences has none)."""
+        return bool(self.saliency_layer)
 
     @property
     def parameter_count(self) -> int:
@@ -72,6 +81,30 @@ def _reconstructed_cnn() -> nn.Module:
     from .cnn import ReconstructedCNN
 
     return ReconstructedCNN()
+
+
+def _srm_net() -> nn.Module:
+    from .forensic import SRMNet
+
+    return SRMNet()
+
+
+def _cooc_detector() -> nn.Module:
+    from .forensic import CoocDetector
+
+    return CoocDetector()
+
+
+def _fit_cooc(*args, **kwargs) -> dict:
+    from .forensic import fit_cooc
+
+    return fit_cooc(*args, **kwargs)
+
+
+def _tiny_cnn() -> nn.Module:
+    from .cnn import TinyCNN
+
+    return TinyCNN()
 
 
 def _tv(name: str, head: str) -> Callable[[bool], nn.Module]:
@@ -101,9 +134,20 @@ MODELS: dict[str, ModelSpec] = {
                   "VGG-19 with batch norm (139M parameters)"),
         ModelSpec("resnet18_hp", functools.partial(_high_pass_tv, "resnet18", "fc"), 300, 32, "1.layer4", True,
                   "ResNet-18 fed the image's high-pass residual (image minus its 3x3 mean), as forensic detectors are"),
+        ModelSpec("srm_net", lambda pretrained: _srm_net(), 300, 32, "features.19", False,
+                  "forensic residual CNN (0.28M parameters): fixed SRM high-pass filters on each colour channel, "
+                  "truncated, two full-resolution convolutions before any pooling; train it at the images' native "
+                  "size on crops (train_crop), it is evaluated on the whole image"),
+        ModelSpec("cooc_lr", lambda pretrained: _cooc_detector(), 300, 16, "", False,
+                  "classical detector: co-occurrences of quantised high-pass residuals (18000 features) and a "
+                  "logistic regression, fitted in seconds on a CPU (epochs, lr and batch settings do not apply); "
+                  "use the images' native size", fit=_fit_cooc),
         ModelSpec("cnn_v0", lambda pretrained: _reconstructed_cnn(), 300, 32, "features.8", False,
                   "fvr's earlier CNN (3 conv blocks of 16/32/64, 10.1M parameters), a reconstruction that is not "
                   "the write-up's model: kept so runs trained with it load"),
+        ModelSpec("tiny_cnn", lambda pretrained: _tiny_cnn(), 64, 8, "features.4", False,
+                  "two conv layers (1.4 K parameters): a smoke test of the pipeline in seconds, used by the tests; "
+                  "not a useful detector"),
         ModelSpec("mobilenet_v3_small", _tv("mobilenet_v3_small", "classifier.3"), 224, 32, "features.12", True,
                   "MobileNetV3-Small (1.5M parameters): fast on a CPU"),
         ModelSpec("efficientnet_b0", _tv("efficientnet_b0", "classifier.1"), 224, 32, "features.8", True,
@@ -117,6 +161,12 @@ def get_spec(name: str) -> ModelSpec:
         return MODELS[name]
     except KeyError:
         raise ModelError(f"unknown model {name!r}: choose one of {', '.join(MODELS)}") from None
+
+
+def has_saliency(name: str) -> bool:
+    """Whether Grad-CAM maps exist for runs of `name` (False for a model without a spatial layer
+    and for an ensemble, whose members each explain something else)."""
+    return name in MODELS and MODELS[name].has_saliency
 
 
 def build_model(name: str, pretrained: bool = False) -> nn.Module:

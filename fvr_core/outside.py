@@ -3,7 +3,8 @@ write-up's 32 outside photos) and an unlabelled folder predicted to CSV.
 
 A labelled folder is either a folder with a csv of `file,label` rows (label fake or real; the
 file relative to the folder) or a folder with `fake/` and `real/` subfolders. A photo's verdict
-is its largest face's (or the whole photo's when no face is found): evaluation counts photos,
+is its largest face's (a photo with no face found is "not judged" unless the whole photo is asked
+to be judged, and counts in no score then): evaluation counts photos,
 not faces, so a group photo is not counted several times.
 """
 
@@ -18,7 +19,7 @@ import numpy as np
 
 from .dataset import is_inside
 from .metrics import classification_metrics
-from .settings import CLASSES, IMAGE_EXTENSIONS
+from .settings import CLASSES, IMAGE_EXTENSIONS, NOT_JUDGED
 
 FILE_COLUMNS = ("file", "filename", "path", "image", "images_id", "id")
 LABEL_COLUMNS = ("label", "class", "truth")
@@ -122,13 +123,13 @@ def evaluate_labelled(rows: list[dict], photos: Sequence[OutsidePhoto]) -> tuple
     """Scores per model of predict_with_each rows against the photos' labels, and the per-photo
     table with each photo's truth and whether each model's verdict was right. Accuracy, balanced
     accuracy and ROC AUC read the calibrated probability at 0.5, as the test-split figures do;
-    `unsure` counts the photos inside the unsure band and `correct_confident` the right verdicts
-    outside it."""
+    `unsure` counts the photos inside the unsure band, `not_judged` those without a face (not
+    judged unless asked) and `correct_confident` the right verdicts outside the band."""
     truth = {p.name: CLASSES[p.label] for p in photos if p.label is not None}
     table, scores = [], []
     for row in photo_rows(rows):
         row = {**row, "truth": truth.get(row["image"])}
-        row["correct"] = None if row["verdict"] is None else row["verdict"] == row["truth"]
+        row["correct"] = None if row["verdict"] in (None, NOT_JUDGED) else row["verdict"] == row["truth"]
         table.append(row)
     for model in dict.fromkeys(r["model"] for r in table):
         mine = [r for r in table if r["model"] == model and r["prob_fake"] is not None and r["truth"]]
@@ -139,6 +140,7 @@ def evaluate_labelled(rows: list[dict], photos: Sequence[OutsidePhoto]) -> tuple
             "model": model, "photos": len(mine), "accuracy": metrics.get("accuracy"),
             "balanced_accuracy": metrics.get("balanced_accuracy"), "roc_auc": metrics.get("roc_auc"),
             "unsure": sum(r["verdict"] == "unsure" for r in mine),
+            "not_judged": sum(1 for r in table if r["model"] == model and r["verdict"] == NOT_JUDGED),
             "correct_confident": sum(bool(r["correct"]) for r in mine),
             "errors": sum(1 for r in table if r["model"] == model and r["error"]),
         })
@@ -147,19 +149,22 @@ def evaluate_labelled(rows: list[dict], photos: Sequence[OutsidePhoto]) -> tuple
 
 
 def predict_photos(predictors: dict, photos: Sequence[OutsidePhoto], face_crop: bool = True, tta: bool = False,
-                   unsure_band: tuple[float, float] | None = None) -> tuple[list, list[dict]]:
+                   unsure_band: tuple[float, float] | None = None, judge_without_face: bool = False) -> tuple[list, list[dict]]:
     """(prepared photos, predict_with_each rows) for outside photos, each photo decoded and its
     faces found once for every model."""
-    from .predict import predict_with_each, prepare_photos
+    from . import settings
+    from .predict import for_display, predict_with_each, prepare_photo
 
-    prepared = prepare_photos([p.path for p in photos], [p.name for p in photos], face_crop)
-    return prepared, predict_with_each(predictors, prepared, tta, unsure_band)
+    photos = settings.enforced_limits().photo_cap(photos)  # demo mode: the demo's photo count, whoever calls
+    # one full-size photo decoded at a time: each is kept at display size once its faces are cut out
+    prepared = [for_display(prepare_photo(p.path, p.name, face_crop)) for p in photos]
+    return prepared, predict_with_each(predictors, prepared, tta, unsure_band, judge_without_face)
 
 
 def evaluate_folder(predictors: dict, folder: str | Path, labels_csv: str | Path | None = None, face_crop: bool = True,
-                    tta: bool = False, unsure_band: tuple[float, float] | None = None) -> dict:
+                    tta: bool = False, unsure_band: tuple[float, float] | None = None, judge_without_face: bool = False) -> dict:
     """A labelled folder through every predictor: {"scores", "table", "problems", "prepared"}."""
     photos, problems = labelled_photos(folder, labels_csv)
-    prepared, rows = predict_photos(predictors, photos, face_crop, tta, unsure_band)
+    prepared, rows = predict_photos(predictors, photos, face_crop, tta, unsure_band, judge_without_face)
     scores, table = evaluate_labelled(rows, photos)
     return {"scores": scores, "table": table, "problems": problems, "prepared": prepared, "rows": rows}

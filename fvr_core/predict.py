@@ -11,9 +11,13 @@ never an exception for the whole batch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import hashlib
+import threading
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Sequence
+
+import cachetools
 
 import numpy as np
 import torch
@@ -24,9 +28,14 @@ from .checkpoint import check_temperature, load_checkpoint
 from .evaluation import predict_logits
 from .images import ImageError, ImageSource, load_rgb, prepare_image
 from .runs import Run
-from .settings import FAKE, unsure_band as default_unsure_band
+from . import settings
+from .settings import FAKE, NOT_JUDGED, unsure_band as default_unsure_band
 
 MAX_FACES = 4  # faces judged per photo (largest first): a crowd photo should not stall the page
+NO_FACE_NOT_JUDGED = "no face found: not judged (judge the whole image to get an answer anyway)"
+# what a prepared photo keeps once its faces are cut out: the page shows the photo at most this wide,
+# and a model's input (at most 512 px) comes from a face crop of at most this side
+DISPLAY_SIDE = 1024
 
 
 @dataclass
@@ -56,6 +65,83 @@ class PreparedImage:
     original: Image.Image | None = None
     subjects: list[Subject] = field(default_factory=list)
     error: str | None = None
+
+    @property
+    def nbytes(self) -> int:
+        """Memory its pictures take once decoded (RGB bytes)."""
+        pictures = [self.original, *(s.image for s in self.subjects)]
+        return sum(p.width * p.height * len(p.getbands()) for p in pictures if p is not None) + 1024
+
+
+def _shrunk(image: Image.Image, side: int) -> tuple[Image.Image, float]:
+    scale = min(1.0, side / max(image.size))
+    if scale == 1.0:
+        return image, 1.0
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0), scale
+
+
+def for_display(photo: PreparedImage, side: int = DISPLAY_SIDE) -> PreparedImage:
+    """The photo and its subjects scaled down to at most `side` pixels (crop boxes scaled with the
+    photo): what the page shows and predicts from, without the full decoded original (a 60 MP
+    photo is 180 MB decoded, its display copy 3 MB)."""
+    if photo.original is None:
+        return photo
+    original, scale = _shrunk(photo.original, side)
+    subjects = [replace(s, image=_shrunk(s.image, side)[0],
+                        crop_box=tuple(round(v * scale) for v in s.crop_box) if s.crop_box else None) for s in photo.subjects]
+    return replace(photo, original=original, subjects=subjects)
+
+
+class PhotoCache:
+    """Prepared photos by content, for every session of a process, bounded in bytes (least
+    recently used out first): visitors re-running a page do not decode and search for faces
+    again, and a few visitors with large photos cannot fill the server's memory."""
+
+    def __init__(self, max_bytes: int):
+        self._cache = cachetools.LRUCache(maxsize=max(1, max_bytes), getsizeof=lambda photo: photo.nbytes)
+        self._lock = threading.Lock()
+
+    @property
+    def nbytes(self) -> int:
+        return int(self._cache.currsize)
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._cache.clear()
+
+    def prepared(self, data: bytes, name: str, face_crop: bool = True) -> PreparedImage:
+        """The photo in `data`, decoded, its faces cut out and kept at display size: from the cache,
+        or prepared now (in a prediction slot: face detection is a few at a time for all sessions)."""
+        key = (hashlib.sha256(data).hexdigest(), name, face_crop)
+        with self._lock:
+            found = self._cache.get(key)
+        if found is not None:
+            return found
+        with settings.prediction_slot():
+            photo = for_display(prepare_photo(data, name, face_crop))
+        with self._lock:
+            try:
+                self._cache[key] = photo
+            except ValueError:  # larger than the whole cache: used once, not kept
+                pass
+        return photo
+
+
+_photo_cache: PhotoCache | None = None
+_photo_cache_lock = threading.Lock()
+
+
+def photo_cache() -> PhotoCache:
+    """This process's PhotoCache, of settings.photo_cache_mb() MB."""
+    global _photo_cache
+    with _photo_cache_lock:
+        if _photo_cache is None:
+            _photo_cache = PhotoCache(settings.photo_cache_mb() * 1024**2)
+        return _photo_cache
 
 
 def prepare_photo(source: ImageSource | Image.Image, name: str, face_crop: bool = True, max_faces: int = MAX_FACES) -> PreparedImage:
@@ -147,32 +233,42 @@ class Predictor:
         return calibrated, raw
 
     def predict_prepared(self, prepared: Sequence[PreparedImage], tta: bool = False,
-                         unsure_band: tuple[float, float] | None = None, batch_size: int = 32) -> list[Prediction]:
-        """One prediction per subject of every photo (an error row for a photo that failed)."""
-        results, arrays = [], []
+                         unsure_band: tuple[float, float] | None = None, batch_size: int = 32,
+                         judge_without_face: bool = False) -> list[Prediction]:
+        """One prediction per subject of every photo (an error row for a photo that failed). A photo
+        in which face search found no face is "not judged" (no probability) unless
+        `judge_without_face`: then the whole photo is judged, and its row says so."""
+        results, arrays, judged = [], [], []
         for photo in prepared:
             if photo.error:
                 results.append(Prediction(photo.name, error=photo.error))
                 continue
             for subject in photo.subjects:
+                if subject.face_found is False and not judge_without_face:
+                    results.append(Prediction(photo.name, verdict=NOT_JUDGED, face=NO_FACE_NOT_JUDGED, face_index=subject.index))
+                    continue
                 results.append(Prediction(photo.name, face=subject.description, face_index=subject.index))
+                judged.append(results[-1])
                 arrays.append(self.model_input(subject.image))
         if arrays:
             calibrated, raw = self.probabilities(np.stack(arrays), tta, batch_size)
-            for pred, p, r in zip((p for p in results if p.error is None), calibrated, raw):
+            for pred, p, r in zip(judged, calibrated, raw):
                 pred.prob_fake, pred.prob_fake_uncalibrated = float(p), float(r)
                 pred.verdict = verdict(pred.prob_fake, unsure_band or default_unsure_band())
         return results
 
     def predict(self, sources: Sequence[ImageSource], names: Iterable[str] | None = None, face_crop: bool = True,
-                tta: bool = False, unsure_band: tuple[float, float] | None = None, batch_size: int = 32) -> list[Prediction]:
-        """Judge photos: one Prediction per face found (or per photo when none is, or face_crop is off)."""
+                tta: bool = False, unsure_band: tuple[float, float] | None = None, batch_size: int = 32,
+                judge_without_face: bool = False) -> list[Prediction]:
+        """Judge photos: one Prediction per face found (per photo when face_crop is off); a photo
+        with no face found is "not judged" unless `judge_without_face`."""
         prepared = prepare_photos(sources, list(names) if names is not None else None, face_crop)
-        return self.predict_prepared(prepared, tta, unsure_band, batch_size)
+        return self.predict_prepared(prepared, tta, unsure_band, batch_size, judge_without_face)
 
-    def predict_one(self, source: ImageSource, face_crop: bool = True, tta: bool = False) -> Prediction:
+    def predict_one(self, source: ImageSource, face_crop: bool = True, tta: bool = False,
+                    judge_without_face: bool = False) -> Prediction:
         """The photo's largest face (or the whole photo): the verdict a single-photo caller wants."""
-        return self.predict([source], face_crop=face_crop, tta=tta)[0]
+        return self.predict([source], face_crop=face_crop, tta=tta, judge_without_face=judge_without_face)[0]
 
     def saliency(self, image: Image.Image, target: int = FAKE):
         """Grad-CAM of `target` over a subject as the model sees it (a fvr_core.saliency.SaliencyMap:
@@ -193,10 +289,14 @@ class Predictor:
 
 
 def predict_with_each(predictors: dict[str, Predictor], prepared: Sequence[PreparedImage], tta: bool = False,
-                      unsure_band: tuple[float, float] | None = None) -> list[dict]:
+                      unsure_band: tuple[float, float] | None = None, judge_without_face: bool = False) -> list[dict]:
     """Every subject of every photo through every predictor: one row per (photo, face, model), in
-    photo order (what the Predict page shows and exports)."""
-    results = {label: p.predict_prepared(prepared, tta, unsure_band) for label, p in predictors.items()}
+    photo order (what the Predict page shows and exports). Photos without a face are "not judged"
+    unless `judge_without_face`. In demo mode at most the demo's photo count
+    (settings.AppLimits.photo_cap), whoever calls."""
+    prepared = settings.enforced_limits().photo_cap(prepared)
+    results = {label: p.predict_prepared(prepared, tta, unsure_band, judge_without_face=judge_without_face)
+               for label, p in predictors.items()}
     rows = []
     for position in range(len(next(iter(results.values()), []))):  # every predictor sees the same subjects
         for label, preds in results.items():

@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from .calibration import DEFAULT_UNSURE_BAND, calibrated_prob_fake, load_calibration, verdicts
+from . import settings
 from .metrics import classification_metrics
 
 ROBUSTNESS_FILE = "robustness.json"
@@ -93,6 +94,7 @@ def apply_corruption(images: np.ndarray, name: str) -> np.ndarray:
     return out[0] if single else out
 
 
+@settings.in_prediction_slot
 def evaluate_robustness(
     run,
     data=None,
@@ -102,6 +104,7 @@ def evaluate_robustness(
     corruptions: Sequence[str] | None = None,
     temperature: float | None = None,
     unsure_band: tuple[float, float] = DEFAULT_UNSURE_BAND,
+    on_progress: Callable[[int, int, str], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Metrics of a run's checkpoint on one split under each corruption ("clean" is always
     included, first, as the reference), written to the run folder as robustness.json.
@@ -110,7 +113,8 @@ def evaluate_robustness(
     run's test metrics), mean_abs_prob_change (mean |p - p_clean| of the probability of fake),
     flip_rate (share of images whose fake/real call at 0.5 differs from the clean one) and
     verdict_change_rate (share whose fake/real/unsure verdict differs). Probabilities use
-    `temperature`; None takes the run's calibration.json when it has one, else 1.
+    `temperature`; None takes the run's calibration.json when it has one, else 1. `on_progress`
+    is called before each pass with (passes done, passes in all, the pass's label).
     """
     from .runs import atomic_write_json, now_iso
     from .calibration import run_split_logits
@@ -128,7 +132,9 @@ def evaluate_robustness(
     labels = image_set.labels[indices]
     clean_images = np.asarray(image_set.images[indices])  # one read from the memory-mapped cache
     rows, clean = [], None
-    for name in names:
+    for done, name in enumerate(names):
+        if on_progress is not None:  # (passes done, passes in all, the one starting now)
+            on_progress(done, len(names), CORRUPTIONS[name].label)
         images = clean_images if name == "clean" else apply_corruption(clean_images, name)
         probs = calibrated_prob_fake(run_split_logits(model, image_set, indices, device, images=images), temperature)
         if clean is None:
@@ -148,6 +154,17 @@ def evaluate_robustness(
         "created": now_iso(), "rows": rows,
     })
     return rows
+
+
+def robustness_seconds(run, corruptions: Sequence[str] | None = None) -> float | None:
+    """About how long evaluate_robustness takes for `run` on this machine: its test split once per
+    corruption (and clean), each pass as long as the run's own evaluation of an image took (from
+    its finished training); None when the run cannot tell (still training, resumed, or shipped)."""
+    per_image = run.eval_seconds_per_image()
+    if per_image is None:
+        return None
+    passes = len(dict.fromkeys(["clean", *(corruptions or CORRUPTIONS)]))
+    return per_image * len(run.split().get("test", [])) * passes
 
 
 def load_robustness(run) -> dict[str, Any] | None:

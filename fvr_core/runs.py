@@ -11,7 +11,7 @@
         last_state.pt       weights, optimizer, schedule and RNG state of the last epoch, to resume
         test_metrics.json   metrics of the best checkpoint on the test split
         test_predictions.csv  every test image's probability of being fake
-        stop                present when a stop was asked for
+        stop                present when a stop was asked for (may hold the state and message to end with)
 
 Every file except metrics.jsonl is written to a temporary file and renamed, so a reader never sees
 half of one; metrics.jsonl lines are single appends and a reader skips a partial last line.
@@ -30,15 +30,16 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from . import settings
 from .config import TrainConfig
 
-QUEUED, RUNNING, COMPLETED, STOPPED, DIVERGED, FAILED, INTERRUPTED = (
-    "queued", "running", "completed", "stopped", "diverged", "failed", "interrupted",
+QUEUED, RUNNING, COMPLETED, STOPPED, DIVERGED, FAILED, INTERRUPTED, PRUNED = (
+    "queued", "running", "completed", "stopped", "diverged", "failed", "interrupted", "pruned",
 )
-STATES = (QUEUED, RUNNING, COMPLETED, STOPPED, DIVERGED, FAILED, INTERRUPTED)
+# pruned: a search's trial stopped early by its pruner (fvr_core.search), through the stop file
+STATES = (QUEUED, RUNNING, COMPLETED, STOPPED, DIVERGED, FAILED, INTERRUPTED, PRUNED)
 ACTIVE_STATES = (QUEUED, RUNNING)
 HEARTBEAT_SECONDS = 5.0
 STALE_AFTER_SECONDS = 60.0  # a heartbeat this old means the process is gone (e.g. on another host)
@@ -227,8 +228,35 @@ class Run:
     def checkpoint(self, which: str = "best") -> Path:
         path = self.path / f"{which}.safetensors"
         if not path.is_file():
+            if self.is_reference:
+                model = read_json(self.path / "config.json", {}).get("model", "this model")
+                raise RunError(f"reference run {self.id} ships metrics and curves only: reference runs of {model} "
+                               "are too large for git with their weights. Train a run of your own to use its checkpoint")
             raise RunError(f"run {self.id} has no {which} checkpoint yet ({path} is missing)")
         return path
+
+    @property
+    def owner(self) -> str | None:
+        """The dashboard session that started the run in demo mode (None: a terminal, a notebook,
+        or a local install)."""
+        return self.raw_status().get("owner")
+
+    def check_may_change(self, action: str, limits: settings.AppLimits | None = None, owner: str | None = None) -> None:
+        """RunError unless `owner` may `action` ("stop", "resume", "delete") this run: never a
+        reference run; in demo mode only a run that owner's session started (others' runs are
+        read-only to a visitor, whatever page or call asks)."""
+        if self.is_reference:
+            raise RunError(f"run {self.id} is a reference run shipped with fvr ({self.path.parent}): it is read-only, so it cannot {action}")
+        limits = settings.enforced_limits(limits)
+        if limits.demo and (not owner or self.owner != owner):
+            raise RunError(f"run {self.id} was started by another visitor: in this public demo you can {action} only the runs you started")
+
+    def may_change(self, action: str, limits: settings.AppLimits | None = None, owner: str | None = None) -> bool:
+        try:
+            self.check_may_change(action, limits, owner)
+            return True
+        except RunError:
+            return False
 
     @property
     def is_reference(self) -> bool:
@@ -253,6 +281,37 @@ class Run:
             "fraction": min(1.0, done / total) if total else 0.0, "steps_per_s": rate, "eta_seconds": eta,
             "epoch": status.get("epoch", 0), "epochs": self.config.epochs,
         }
+
+    def timing(self) -> dict[str, float] | None:
+        """How this finished run spent its time, from its own records: training seconds and images
+        trained, the rest of its time (loading, validation, testing, checkpoints) and the images it
+        evaluated in it. None for a run that is not completed, was resumed (its clock covers only
+        its last part) or lacks the records."""
+        status = self.status()
+        if status.get("state") != COMPLETED or not status.get("train_seconds"):
+            return None
+        rows = self.metrics()
+        epochs = [r for r in rows if r.get("kind") == "epoch"]
+        split = read_json(self.path / "split.json") or {}
+        if any(r.get("kind") == "resume" for r in rows) or not epochs or not split.get("val") or not split.get("test"):
+            return None
+        try:
+            train_seconds = sum(float(r["epoch_seconds"]) for r in epochs)
+            images = sum(float(r["images_per_s"]) * float(r["epoch_seconds"]) for r in epochs)
+        except (KeyError, TypeError, ValueError):
+            return None
+        if images <= 0:
+            return None
+        return {
+            "train_seconds": train_seconds, "train_images": images,
+            "other_seconds": max(0.0, float(status["train_seconds"]) - train_seconds),
+            "evaluated_images": float(len(epochs) * len(split["val"]) + len(split["test"])),
+        }
+
+    def eval_seconds_per_image(self) -> float | None:
+        """Seconds per evaluated image of this finished run, overheads included (see timing)."""
+        timing = self.timing()
+        return timing["other_seconds"] / timing["evaluated_images"] if timing else None
 
     def summary(self) -> dict[str, Any]:
         """One flat row for tables: model, key settings, status and headline metrics."""
@@ -284,6 +343,9 @@ class Run:
             "images_per_s": epochs[-1].get("images_per_s") if epochs else None,
             "created": status.get("created"),
             "message": status.get("message", ""),
+            # a search's trials are ordinary runs tagged with the search and their trial number
+            "search": status.get("search"),
+            "trial": status.get("trial"),
         }
 
     # ---- writing (by the training process)
@@ -317,12 +379,21 @@ class Run:
         except FileNotFoundError:
             pass
 
-    def request_stop(self) -> None:
-        """Ask the training process to stop after its current step (it keeps what it has)."""
-        (self.path / "stop").touch()
+    def request_stop(self, state: str = STOPPED, message: str = "") -> None:
+        """Ask the training process to stop after its current step (it keeps what it has) and to
+        end in `state` with `message` (a search's pruner asks for "pruned", "pruned at epoch k")."""
+        if state == STOPPED and not message:
+            (self.path / "stop").touch()  # a plain stop never overwrites a pruner's reason
+        else:
+            atomic_write_json(self.path / "stop", {"state": state, "message": message})
 
     def stop_requested(self) -> bool:
         return (self.path / "stop").exists()
+
+    def stop_request(self) -> dict[str, str]:
+        """The state and message a stop asked for ({} for a plain stop)."""
+        request = read_json(self.path / "stop", {}) if self.stop_requested() else {}
+        return request if isinstance(request, dict) else {}
 
     def claim(self) -> bool:
         """Atomically take a queued run for one worker; False if another process already has it."""
@@ -339,9 +410,11 @@ class RunStore:
     def __init__(self, root: str | Path | None = None):
         self.root = Path(root or settings.runs_root()).expanduser()
 
-    def create(self, config: TrainConfig) -> Run:
-        """A new run folder holding the config, in state queued."""
-        config.validate()
+    def create(self, config: TrainConfig, validate: bool = True, owner: str | None = None) -> Run:
+        """A new run folder holding the config, in state queued, started by session `owner` if given
+        (`validate=False`: a run that is not trained, such as an ensemble of finished runs)."""
+        if validate:
+            config.validate()
         self.root.mkdir(parents=True, exist_ok=True)
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")[:-3]  # ms: ids sort in creation order
         while True:
@@ -353,15 +426,17 @@ class RunStore:
                 continue
         run = Run(path)
         # status first: a reader that lists the run by its config.json always finds its state
-        run.write_status(QUEUED, created=now_iso(), created_unix=time.time())
+        run.write_status(QUEUED, created=now_iso(), created_unix=time.time(), **({"owner": owner} if owner else {}))
         atomic_write_text(path / "config.json", config.to_json())
         return run
 
     def get(self, run_id: str | Path) -> Run:
-        """A run by id (folder name) or by path; raises RunError naming what is missing."""
+        """A run by id (folder name) or by path; raises RunError naming what is missing. In demo
+        mode a path must lead into this store's root or the reference runs: no other folder."""
         candidate = Path(run_id).expanduser()
         for path in (candidate, self.root / str(run_id)):
             if (path / "config.json").is_file():
+                self._check_allowed(path)
                 return Run(path)
         matches = [r for r in self.list() if r.id.startswith(str(run_id)) or r.id.endswith(str(run_id))]
         if len(matches) == 1:
@@ -385,14 +460,50 @@ class RunStore:
             runs = [r for r in runs if r.state == state]
         return runs
 
-    def delete(self, run: Run | str) -> None:
+    def _check_allowed(self, path: Path) -> None:
+        if not settings.enforced_limits().demo:
+            return
+        resolved = path.resolve()
+        if not any(resolved.parent == root.resolve() for root in (self.root, settings.reference_root())):
+            raise RunError(f"{path} is not a run of this app: in this public demo only its own runs can be opened")
+
+    def delete(self, run: Run | str, limits: settings.AppLimits | None = None, owner: str | None = None) -> None:
+        """Remove a finished run's folder. Never a reference run; in demo mode only one that
+        `owner`'s session started."""
         run = run if isinstance(run, Run) else self.get(run)
+        run.check_may_change("delete", limits, owner)
         if run.state in ACTIVE_STATES:
             raise RunError(f"run {run.id} is {run.state}: stop it before deleting it")
         shutil.rmtree(run.path)
 
     def summaries(self, **filters: Any) -> list[dict[str, Any]]:
         return [r.summary() for r in self.list(**filters)]
+
+
+def find_run(run_id: str | Path, runs_dir: str | Path | None = None) -> Run:
+    """A run by id, id prefix or suffix, or path: the user's runs first, then the reference runs
+    shipped in checkpoints/reference. RunError naming both places when neither has it."""
+    store = RunStore(runs_dir)
+    try:
+        return store.get(run_id)
+    except RunError as own_error:
+        reference = RunStore(settings.reference_root())
+        if reference.root.resolve() == store.root.resolve() or not reference.root.is_dir():
+            raise
+        try:
+            return reference.get(run_id)
+        except RunError as exc:
+            if "matches" in str(exc) or "matches" in str(own_error):
+                raise (own_error if "matches" in str(own_error) else exc) from None
+            raise RunError(f"no run {run_id!r} in {store.root} nor among the reference runs in {reference.root} "
+                           "(list them with: python -m fvr_core runs)") from None
+
+
+def count_states(runs: Iterable[Run]) -> str:
+    """'4 completed, 1 diverged': how many runs are in each state, most first."""
+    states = [r.state for r in runs]
+    order = sorted(set(states), key=lambda s: (-states.count(s), STATES.index(s) if s in STATES else len(STATES)))
+    return ", ".join(f"{states.count(s)} {s}" for s in order) or "none"
 
 
 def all_runs(runs_dir: str | Path | None = None, include_reference: bool = True) -> list[Run]:

@@ -42,6 +42,9 @@ if TYPE_CHECKING:
 # a map whose positive peak is below this fraction of its largest magnitude is empty: normalising
 # it would blow float noise up to a full-scale heatmap
 EMPTY_FRACTION = 1e-3
+# a normalised map whose every pixel is within this of its peak is (nearly) uniform: it singles out no
+# region, and drawn it is a red wash over the whole face (the small CNN's last block at 64 px)
+UNIFORM_SPREAD = 0.25
 
 # turbo colormap sampled at 17 points (from matplotlib's table); linear interpolation between them
 # stays within 0.03 of the full 256-entry table, and needs no matplotlib
@@ -63,6 +66,7 @@ class SaliencyMap:
     layer: str  # module the map was taken on
     peak: float  # largest positive Grad-CAM value before normalising (log-odds units); 0.0 when empty
     empty: bool  # True: no region raised this class's score
+    uniform: bool = False  # True: every region raised it alike (heatmap all zeros): the map points at no region
 
     @property
     def note(self) -> str:
@@ -70,6 +74,9 @@ class SaliencyMap:
         if self.empty:
             return (f"no region raised the model's '{name}' score: the Grad-CAM map is empty "
                     f"(not a blank heatmap), so this map shows nothing about '{name}'")
+        if self.uniform:
+            return (f"the Grad-CAM map is (nearly) uniform: every region raised the model's '{name}' score alike (its layer "
+                    f"{self.layer} is only a cell or two wide at this image size), so it points at no region")
         return f"regions that raised the model's '{name}' score (Grad-CAM on {self.layer})"
 
 
@@ -91,9 +98,17 @@ def saliency_for(model: nn.Module, model_name: str, image_uint8: np.ndarray, tar
 
     if not isinstance(target, (int, np.integer)) or not 0 <= target < len(CLASSES):
         raise ValueError(f"target must be a class index 0..{len(CLASSES) - 1} ({', '.join(CLASSES)}), got {target!r}")
+    from .models import has_saliency
+
+    if not has_saliency(model_name):
+        raise ValueError(f"{model_name} has no spatial layer for Grad-CAM to explain (a classical detector or an "
+                         "ensemble): there is no saliency map for it")
     layer = get_spec(model_name).saliency_layer
     heatmap, peak = _gradcam(model, image_uint8, int(target), layer)
-    return SaliencyMap(heatmap, int(target), layer, peak, empty=peak == 0.0)
+    uniform = peak > 0.0 and float(heatmap.min()) >= 1.0 - UNIFORM_SPREAD
+    if uniform:  # normalised, a flat map is a full-scale wash over the whole face: show none
+        heatmap = np.zeros_like(heatmap)
+    return SaliencyMap(heatmap, int(target), layer, peak, empty=peak == 0.0, uniform=uniform)
 
 
 def overlay(image_uint8: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45) -> Image.Image:

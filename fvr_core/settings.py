@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections import deque
@@ -15,6 +16,9 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # fixed class indices: the original used torchvision's ImageFolder, which sorts folder names
 CLASSES: tuple[str, str] = ("fake", "real")
 FAKE, REAL = 0, 1
+# the verdict on a photo where face search found no face, unless asked to judge the whole photo:
+# the models learnt faces framed one way, and their answer on a landscape or a gradient means nothing
+NOT_JUDGED = "not judged"
 
 # ImageNet statistics, as the original write-up normalised with them (and pretrained weights expect them)
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -80,6 +84,14 @@ def _env_int(name: str, default: int) -> int:
         raise ValueError(f"environment variable {name}={value!r} must be a whole number") from None
 
 
+def _env_float(name: str, default: float) -> float:
+    value = os.environ.get(name, "").strip()
+    try:
+        return float(value) if value else default
+    except ValueError:
+        raise ValueError(f"environment variable {name}={value!r} must be a number") from None
+
+
 @dataclass(frozen=True)
 class AppLimits:
     """What visitors of the dashboard may do. The defaults trust the user (a local install); demo
@@ -92,11 +104,18 @@ class AppLimits:
     models: tuple[str, ...] = ()  # empty: every registered model
     max_concurrent_runs: int = 1
     max_queued_runs: int = 100
+    max_trials: int = 1000  # trials of one hyperparameter search (fvr_core.search)
     max_upload_mb: int = 200
     max_upload_files: int = 200
     max_extracted_mb: int = 2048  # what one uploaded zip may unpack to on the server's disk
     allow_paths: bool = True  # type a folder path on the server; download from Kaggle
-    allow_delete: bool = True
+    allow_delete: bool = True  # delete any run (in demo mode a visitor deletes only the runs their session started)
+    upload_retention_hours: float = 0.0  # uploads (and their decoded caches) older than this are deleted; 0: kept
+    uploads_max_mb: float = 0.0  # all uploads together; past it the oldest are deleted; 0: no cap
+
+    def photo_cap(self, items: list) -> list:
+        """The first max_upload_files of the photos given to one prediction, in demo mode; all of them otherwise."""
+        return list(items)[: self.max_upload_files] if self.demo else list(items)
 
     def allows_model(self, name: str) -> bool:
         return not self.models or name in self.models
@@ -117,7 +136,7 @@ class AppLimits:
         return ArchiveLimits(max_total_bytes=min(defaults.max_total_bytes, total), max_file_bytes=min(defaults.max_file_bytes, total))
 
 
-DEMO_MODELS = ("cnn", "resnet18", "mobilenet_v3_small")
+DEMO_MODELS = ("cnn", "resnet18", "mobilenet_v3_small", "cooc_lr")  # cooc_lr: a strong detector in a minute on a CPU
 
 
 def app_limits() -> AppLimits:
@@ -132,12 +151,25 @@ def app_limits() -> AppLimits:
         models=DEMO_MODELS,
         max_concurrent_runs=1,
         max_queued_runs=_env_int("FVR_DEMO_MAX_QUEUED_RUNS", 3),
+        max_trials=_env_int("FVR_DEMO_MAX_TRIALS", 6),
         max_upload_mb=_env_int("FVR_DEMO_MAX_UPLOAD_MB", 20),
         max_upload_files=_env_int("FVR_DEMO_MAX_UPLOAD_FILES", 20),
         max_extracted_mb=_env_int("FVR_DEMO_MAX_EXTRACTED_MB", 200),
         allow_paths=False,
         allow_delete=False,
+        upload_retention_hours=_env_float("FVR_DEMO_UPLOAD_RETENTION_HOURS", 24.0),
+        uploads_max_mb=_env_float("FVR_DEMO_UPLOADS_MAX_MB", 2048.0),
     )
+
+
+def enforced_limits(requested: AppLimits | None = None) -> AppLimits:
+    """The limits a library call applies: in demo mode always the demo's (whatever the caller
+    passed, or if it passed none: a page, a notebook or the CLI on the demo's server are held to
+    the same caps), otherwise what the caller asked for, or none (AppLimits())."""
+    current = app_limits()
+    if current.demo:
+        return current
+    return requested if requested is not None else AppLimits()
 
 
 def page_threads() -> int:
@@ -146,6 +178,13 @@ def page_threads() -> int:
     threads both lose (benchmarks/page_contention.py: on 2 cores, predictions 2-3x slower at the
     median and up to 10x at p95, and the trainer slower too)."""
     return max(1, _env_int("FVR_PAGE_THREADS", 1))
+
+
+def photo_cache_mb() -> int:
+    """The Predict page's cache of decoded photos and face crops, for all sessions together:
+    FVR_PHOTO_CACHE_MB, default 256. Entries are kept at display size (fvr_core.predict.for_display)
+    and the least recently used go first once the total passes the cap."""
+    return max(0, _env_int("FVR_PHOTO_CACHE_MB", 256))
 
 
 def page_predictions() -> int:
@@ -201,6 +240,18 @@ def prediction_slot() -> Iterator[None]:
         with _slots_lock:
             _slots_busy -= 1
             _slots_lock.notify_all()
+
+
+def in_prediction_slot(function):
+    """`function` run inside a prediction_slot(): measurements the pages start (robustness,
+    calibration, speed) take their turn with the predictions instead of adding to them."""
+
+    @functools.wraps(function)
+    def in_slot(*args, **kwargs):
+        with prediction_slot():
+            return function(*args, **kwargs)
+
+    return in_slot
 
 
 def worker_idle_seconds() -> float:

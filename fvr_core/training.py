@@ -27,16 +27,16 @@ from safetensors import safe_open
 from torch import nn
 
 from . import distributed
-from .augment import BatchAugmenter, random_crop
+from .augment import BatchAugmenter, normalize, random_crop
 from .calibration import calibration_from_logits, save_calibration
 from .checkpoint import is_reconstructed_cnn, load_checkpoint, load_training_state, save_checkpoint
 from .config import TrainConfig
-from .dataset import load_dataset, require_trainable, split_ids
+from .dataset import load_dataset, per_source_recall, require_trainable, resolve_sources, split_ids
 from .evaluation import classification_metrics, predict_logits, prob_fake_from_logits
-from .launcher import stop_on_sigterm  # noqa: F401  (the CLI's and notebooks' import path)
+from .launcher import Terminated, stop_on_sigterm  # noqa: F401  (stop_on_sigterm: the CLI's and notebooks' import path)
 from .models import build_model, get_spec
 from .runs import (
-    COMPLETED, DIVERGED, FAILED, HEARTBEAT_SECONDS, INTERRUPTED, RUNNING, STOPPED,
+    COMPLETED, DIVERGED, FAILED, HEARTBEAT_SECONDS, INTERRUPTED, PRUNED, RUNNING, STOPPED,
     Run, RunError, RunStore, atomic_write_json, atomic_write_text, crash_point, now_iso, own_process_identity,
 )
 from .settings import CLASSES
@@ -111,6 +111,33 @@ def _lr_factor(config: TrainConfig, steps_per_epoch: int, total_steps: int) -> C
     return factor
 
 
+# select_metric -> the epoch row's key; every score is "higher is better"
+_SELECT_KEYS = {"val_loss": "val_loss", "val_balanced_accuracy": "val_balanced_acc", "val_roc_auc": "val_roc_auc"}
+
+
+def selection_score(row: dict[str, Any], metric: str) -> tuple[float, float]:
+    """How good an epoch is for choosing the best checkpoint: (the chosen validation metric, higher
+    is better; minus the validation loss), compared as a tuple so ties go to the lower loss. A
+    metric that could not be computed (None, NaN) ranks below every real value."""
+    loss = row["val_loss"]
+    neg_loss = -loss if loss is not None and math.isfinite(loss) else -math.inf
+    if metric == "val_loss":
+        return (neg_loss, neg_loss)
+    value = row.get(_SELECT_KEYS[metric])
+    return (value if value is not None and math.isfinite(value) else -math.inf, neg_loss)
+
+
+def class_loss_weights(mode: str, train_labels: np.ndarray) -> torch.Tensor | None:
+    """Cross-entropy weight per class: None for 'none'; for 'balanced', n / (classes * n_class)
+    over the training split, so each class contributes equally to the loss whatever its share
+    (CrossEntropyLoss then averages over the batch's summed weights)."""
+    if mode == "none":
+        return None
+    counts = np.bincount(np.asarray(train_labels, dtype=np.int64), minlength=len(CLASSES)).astype(np.float64)
+    weights = np.where(counts > 0, counts.sum() / (len(CLASSES) * np.maximum(counts, 1)), 0.0)
+    return torch.tensor(weights, dtype=torch.float32)
+
+
 def _make_optimizer(config: TrainConfig, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     fused = {"fused": True} if device.type == "cuda" else {}  # one kernel for the whole update
@@ -151,8 +178,13 @@ class Trainer:
             self._setup()
             self._train_epochs()
             self._finish(COMPLETED, "", started)
-        except (_StopTraining, KeyboardInterrupt):
-            self._finish(STOPPED, f"stopped at step {self.step} as asked", started)
+        except (_StopTraining, KeyboardInterrupt) as exc:
+            asked = run.stop_request()  # a search's pruner says "pruned" and at which epoch
+            state = asked.get("state") if asked.get("state") in (STOPPED, PRUNED) else STOPPED
+            why = "the process was sent SIGTERM" if isinstance(exc, Terminated) else "as asked"
+            # on SIGTERM the platform's grace period is short: no test pass, the run is resumed later
+            self._finish(state, asked.get("message") or f"stopped at step {self.step}, {why}; resume it to go on", started,
+                         test=not isinstance(exc, Terminated))
         except _Diverged as exc:
             run.append_metrics({"kind": "event", "event": "diverged", "step": exc.step, "time": time.time()})
             self._finish(DIVERGED, str(exc), started, hint=DIVERGENCE_HINT)
@@ -191,7 +223,7 @@ class Trainer:
             split = run.split()
         else:
             split = split_ids(self.data, config.split, config.seed)
-            atomic_write_json(split_path, {**split, "data": str(self.data.root), "seed": config.seed, "fractions": list(config.split)})
+            atomic_write_json(split_path, {**split, "data": self.data.report.root, "seed": config.seed, "fractions": list(config.split)})
         self.split_idx = {name: self.data.indices_of(split[name]) for name in ("train", "val", "test")}
         train_idx = self.split_idx["train"]
         # the train split lives on the training device as uint8: one upload, augmented there
@@ -208,12 +240,16 @@ class Trainer:
         self.total_steps = config.epochs * self.steps_per_epoch
         if config.max_steps:
             self.total_steps = min(self.total_steps, config.max_steps)
+        if spec.fit is not None:  # a classical detector: one fit, reported as one step of one epoch
+            self.steps_per_epoch = self.total_steps = 1
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_factor(config, self.steps_per_epoch, self.total_steps))
         # each process augments with its own random stream
         self.augmenter = BatchAugmenter(config.augment, seed=config.seed + 7919 * self.dist.rank, device=self.device)
-        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+        self.loss_fn = nn.CrossEntropyLoss(weight=class_loss_weights(config.class_weights, self.data.labels[train_idx]),
+                                           label_smoothing=config.label_smoothing).to(self.device)
         self.step, self.start_epoch = 0, 0
         self.best_val_loss, self.epochs_without_better = math.inf, 0
+        self.best_score: tuple[float, float] = (-math.inf, -math.inf)  # (select_metric, -val_loss) of the best epoch
         if self.resume:
             self._load_last()
         self.train_model = self._wrap_for_training(self.model)
@@ -255,10 +291,11 @@ class Trainer:
             self.model.load_state_dict(model.state_dict())
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.augmenter.load_state_dict({"generator": state["augment_rng"].cpu()})
-        torch.set_rng_state(state["torch_rng"].cpu())
+        self._restore_random_state(state)
         self.step, self.start_epoch = int(state["step"]), int(state["epoch"])
         self.best_val_loss = float(state["best_val_loss"])
+        # states written before select_metric chose by validation loss alone
+        self.best_score = tuple(state.get("best_score", (-self.best_val_loss, -self.best_val_loss)))
         self.epochs_without_better = int(state["epochs_without_better"])
         self.elapsed_before = float(state.get("elapsed", 0.0))
         row = state.get("epoch_row")
@@ -268,12 +305,34 @@ class Trainer:
                 self.run.append_metrics({"kind": "event", "event": "early_stop", "step": self.step, "epoch": self.start_epoch, "time": time.time()})
         self.run.append_metrics({"kind": "resume", "step": self.step, "epoch": self.start_epoch, "time": time.time()})
 
+    def _random_state(self) -> dict[str, Any]:
+        """This process's random streams: augmentation, torch's CPU generator and, on a GPU, its CUDA one."""
+        own = {"augment_rng": self.augmenter.state_dict()["generator"], "torch_rng": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            own["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        return own
+
+    def _restore_random_state(self, state: dict[str, Any]) -> None:
+        """Each process takes back its own streams (rank_rng, written since runs kept every rank's);
+        a state from fewer processes, or an older one, gives what it has: rank 0's, or a fresh seed."""
+        by_rank = state.get("rank_rng") or [{k: state[k] for k in ("augment_rng", "torch_rng") if k in state}]
+        if self.dist.rank >= len(by_rank):
+            return  # resumed on more processes than trained: this one keeps its seeded streams
+        own = by_rank[self.dist.rank]
+        self.augmenter.load_state_dict({"generator": own["augment_rng"].cpu()})
+        torch.set_rng_state(own["torch_rng"].cpu())
+        if own.get("cuda_rng") is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(own["cuda_rng"].cpu(), self.device)
+
     # ---- the loop
 
     def _train_epochs(self) -> None:
         config = self.config
         self._smoothed_loss = None
         self._last_check = 0.0
+        if get_spec(config.model).fit is not None:
+            self._fit_closed_form()
+            return
         for epoch in range(self.start_epoch, config.epochs):
             if self.step >= self.total_steps or (config.patience and self.epochs_without_better >= config.patience):
                 break  # (resumed after the last step or an early stop: only the test is left)
@@ -309,6 +368,41 @@ class Trainer:
             if config.patience and self.epochs_without_better >= config.patience:
                 self.run.append_metrics({"kind": "event", "event": "early_stop", "step": self.step, "epoch": epoch + 1, "time": time.time()})
                 break
+
+    def _fit_closed_form(self) -> None:
+        """A classical detector (the registry's `fit`): one pass computes its features on the
+        training and validation splits and fits its classifier, then the pass ends as an epoch does
+        (validation row, checkpoints, state), so testing, calibration and every reader of a run work
+        unchanged. Epochs, lr and batch settings do not apply; a resumed run that got past the fit
+        has only its test left."""
+        if self.start_epoch >= 1:
+            return
+        started = time.time()
+        spec = get_spec(self.config.model)
+        summary = spec.fit(
+            self.model, self._normalised_batches("train"), self.data.labels[self.split_idx["train"]],
+            self._normalised_batches("val"), self.data.labels[self.split_idx["val"]],
+            progress=lambda message: self.progress("phase", {"phase": message}),
+        )
+        # its features are what takes time: the logits it computed on them stand in for another pass
+        # (the weights do not change after the fit, and the best checkpoint is this model)
+        self._fitted_logits = {"train": summary.pop("train_logits"), "val": summary.pop("val_logits")}
+        self.step = 1
+        logits = self._logits("train")
+        labels = torch.from_numpy(self.data.labels[self.split_idx["train"]])
+        loss = float(nn.functional.cross_entropy(logits, labels))
+        correct = int((logits.argmax(1) == labels).sum())
+        self.run.append_metrics({"kind": "event", "event": "fitted", "step": 1, "time": time.time(), **summary})
+        seen = len(labels)
+        self._end_epoch(0, seen, loss * seen, correct, time.time() - started)
+
+    def _normalised_batches(self, split: str, batch_size: int = 32) -> Iterator[torch.Tensor]:
+        """A split's images as normalised float batches on the training device, one at a time (the
+        whole split as floats at 300 px would take gigabytes)."""
+        idx = self.split_idx[split]
+        for start in range(0, len(idx), batch_size):
+            chunk = np.ascontiguousarray(self.data.images[idx[start : start + batch_size]])
+            yield normalize(torch.from_numpy(chunk).to(self.device))
 
     def _epoch_order(self, epoch: int) -> torch.Tensor:
         """This process's batches of the epoch, as indices on the device: a fresh permutation per
@@ -374,6 +468,8 @@ class Trainer:
         return loss.detach(), logits.detach(), grad_norm.detach()
 
     def _logits(self, split: str) -> torch.Tensor:
+        if split in getattr(self, "_fitted_logits", {}):
+            return self._fitted_logits[split]
         return predict_logits(self.model, self.data.images, self.split_idx[split], batch_size=max(64, self.config.batch_size),
                               device=self.device, autocast_dtype=self.autocast_dtype)
 
@@ -387,6 +483,9 @@ class Trainer:
 
     def _end_epoch(self, epoch: int, seen: int, loss_sum: float, correct: int, train_seconds: float) -> None:
         val, _, val_loss = self._evaluate("val")
+        # every process stops and keeps its best epoch by rank 0's loss: a decision taken on a rank's
+        # own loss, a bit off from the others', would leave the rest waiting in an all-reduce
+        val_loss = distributed.broadcast_object(val_loss, self.dist)
         row = {
             "kind": "epoch", "epoch": epoch + 1, "step": self.step,
             "train_loss": loss_sum / max(1, seen), "train_acc": correct / max(1, seen),
@@ -395,12 +494,14 @@ class Trainer:
             "images_per_s": seen / max(train_seconds, 1e-9), "epoch_seconds": train_seconds,
             "elapsed": self.elapsed_before + time.time() - self.fit_started, "time": time.time(),
         }
-        improved = val_loss < self.best_val_loss
+        score = selection_score(row, self.config.select_metric)
+        improved = score > self.best_score
         if improved:
-            self.best_val_loss, self.epochs_without_better = val_loss, 0
+            self.best_score, self.best_val_loss, self.epochs_without_better = score, val_loss, 0
         else:
             self.epochs_without_better += 1
         meta = self._checkpoint_meta(epoch + 1, row)
+        random_state = distributed.all_gather_object(self._random_state(), self.dist)  # every process's streams, in rank order
         save_checkpoint(self.run.path / "last", self.model, meta)
         crash_point("checkpoint")
         if improved:
@@ -411,8 +512,8 @@ class Trainer:
         self._save_state({
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "augment_rng": self.augmenter.state_dict()["generator"], "torch_rng": torch.get_rng_state(),
-            "step": self.step, "epoch": epoch + 1, "best_val_loss": self.best_val_loss,
+            **random_state[0], "rank_rng": random_state,
+            "step": self.step, "epoch": epoch + 1, "best_val_loss": self.best_val_loss, "best_score": list(self.best_score),
             "epochs_without_better": self.epochs_without_better, "elapsed": row["elapsed"], "epoch_row": row,
         })
         # the epoch row goes last: a reader that sees it can rely on its checkpoint being on disk
@@ -441,10 +542,11 @@ class Trainer:
 
     # ---- the end
 
-    def _finish(self, state: str, message: str, started: float, hint: str = "") -> None:
+    def _finish(self, state: str, message: str, started: float, hint: str = "", test: bool = True) -> None:
         run = self.run
+        tested = test
         test = None
-        if (run.path / "best.safetensors").is_file() and hasattr(self, "split_idx"):
+        if tested and (run.path / "best.safetensors").is_file() and hasattr(self, "split_idx"):
             self.progress("phase", {"phase": "testing best checkpoint"})
             run.write_status(RUNNING, phase="testing best checkpoint")
             test = self._test_best()
@@ -459,7 +561,8 @@ class Trainer:
         self.model = model
         test_logits = self._logits("test")
         metrics, probs, loss = self._evaluate("test", test_logits)
-        metrics.update(loss=loss, best_epoch=meta.get("epoch"), checkpoint="best")
+        metrics.update(loss=loss, best_epoch=meta.get("epoch"), checkpoint="best", selected_by=self.config.select_metric)
+        metrics["per_source"] = per_source_recall(self.data, self.split_idx["test"], probs)
         ids = [self.data.ids[i] for i in self.split_idx["test"]]
         labels = self.data.labels[self.split_idx["test"]]
         buffer = io.StringIO()
@@ -498,7 +601,7 @@ def train(config: TrainConfig, runs_dir: str | Path | None = None, progress: Pro
     """Create a run for `config` under `runs_dir` and train it here; returns the finished run
     (its status says completed, stopped, diverged or failed). Under torchrun, every process
     calls this with the same arguments and they train one run together (see distributed.py)."""
-    config = config.replace(data=str(Path(config.data).expanduser().resolve())) if config.data else config
+    config = config.replace(data=resolve_sources(config.data)) if config.data else config
     context = distributed.from_environment()
     if not context.enabled:
         run = RunStore(runs_dir).create(config)
@@ -549,7 +652,9 @@ def _trained_as_reconstructed_cnn(folder: Path) -> bool:
 
 def resume(run: Run, progress: ProgressFn | None = None) -> Run:
     """Continue an interrupted, stopped or failed run from its last checkpoint. Under torchrun
-    every process needs to read the run folder (one node, or a shared filesystem)."""
+    every process needs to read the run folder (one node, or a shared filesystem). A reference
+    run, or in demo mode any run (a visitor resumes their own through the dashboard), is refused."""
+    run.check_may_change("resume")
     state = run.state
     if state not in RESUMABLE:
         raise RunError(f"run {run.id} is {state}; only {', '.join(RESUMABLE)} runs can be resumed")

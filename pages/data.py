@@ -3,15 +3,17 @@ see what it holds: class counts, sample images, split sizes and the files that w
 
 import streamlit as st
 
-from fvr_core.archive import ArchiveError, extract_dataset_zip
+from fvr_core.archive import ArchiveError
 from fvr_core.charts import class_counts_figure, split_sizes_figure
 from fvr_core.config import TrainConfig
 from fvr_core.dataset import DataError, find_dataset_root
-from fvr_core.datasources import known_datasets, resolve_user_path
+from fvr_core.config import split_sources
+from fvr_core.datasources import combine_sources, dataset_title, known_datasets, known_sources, resolve_user_path, source_counts
 from fvr_core.demo import make_demo_dataset
 from fvr_core.download import DownloadError, download_kaggle
 from fvr_core.images import ImageError, prepare_image
-from pages._common import DATA_KEY, accepted_uploads, current_dataset, data_overview, demo_banner, limits
+from fvr_core.uploads import extract_upload
+from pages._common import accepted_uploads, choose_dataset, current_dataset, data_overview, demo_banner, limits, session_id
 
 st.title("Data")
 demo_banner()
@@ -19,11 +21,11 @@ lim = limits()
 
 
 def choose(path) -> None:
-    st.session_state[DATA_KEY] = str(path)
+    choose_dataset(path)
     st.session_state.pop("data_error", None)
 
 
-sources = ["Demo set (synthetic)", "Upload a zip", "On this machine"]
+sources = ["Demo set (synthetic)", "Upload a zip", "On this machine", "Several sources"]
 if lim.allow_paths:
     sources += ["Folder path", "Kaggle download"]
 source = st.segmented_control("Where the data comes from", sources, default="On this machine", key="data_source")
@@ -41,7 +43,7 @@ elif source == "Upload a zip":
     if upload is not None and st.button("Use this zip", type="primary"):
         try:
             with st.spinner("Checking and unpacking the zip..."):
-                choose(find_dataset_root(extract_dataset_zip(upload, limits=lim.archive_limits())))
+                choose(find_dataset_root(extract_upload(upload, lim, session_id())))
         except (ArchiveError, DataError) as exc:
             st.error(f"{upload.name}: {exc}")
 elif source == "Folder path":
@@ -59,13 +61,27 @@ elif source == "Kaggle download":
                 choose(download_kaggle())
         except DownloadError as exc:
             st.error(str(exc))
+elif source == "Several sources":
+    st.caption("Train on several sources at once, e.g. a set of fakes and reals plus folders of other generators' "
+               "fakes. The split is stratified by source and class, and evaluation reports each source's recall.")
+    offered = known_sources(lim)
+    current = split_sources(str(current_dataset() or ""))
+    picked = st.multiselect("Sources", list(offered), default=[k for k, v in offered.items() if v in current],
+                            placeholder="choose the data sets and one-class folders to combine")
+    typed = st.text_area("More sources, one a line: a folder with fake/ and real/, or fake:PATH / real:PATH for a folder "
+                         "of one class", key="data_more_sources") if lim.allow_paths else ""
+    if st.button("Use these sources", type="primary"):
+        try:
+            choose(combine_sources([offered[k] for k in picked], typed, lim))
+        except DataError as exc:
+            st.error(str(exc))
 else:
-    known = known_datasets(lim)
+    known = known_datasets(lim, session_id())
     if not known:
         st.info("No data set on this machine yet: use the demo set, upload a zip" + (", or give a folder." if lim.allow_paths else "."))
     else:
         labels = list(known)
-        current = str(current_dataset() or "")
+        current = current_dataset() or ""
         index = next((i for i, k in enumerate(labels) if str(known[k]) == current), 0)
         picked = st.selectbox("Data sets found", labels, index=index, format_func=lambda k: f"{k}  ({known[k]})")
         if str(known[picked]) != current:
@@ -85,13 +101,15 @@ except DataError as exc:
     st.stop()
 
 data = info.data
-st.subheader(f"{data_path.name}")
+st.subheader(dataset_title(data_path))
 st.caption(f"`{data.root}` · layout: {data.report.layout} · {len(data)} usable images · "
            f"{len(data.report.skipped)} skipped")
+if len(data.source_names) > 1:
+    st.dataframe(source_counts(data), hide_index=True, width="stretch")
 col1, col2 = st.columns(2)
 col1.plotly_chart(class_counts_figure(info.counts), width="stretch")
 col2.plotly_chart(split_sizes_figure(info.split_sizes), width="stretch")
-st.caption(f"Split {', '.join(f'{f:.0%}' for f in defaults.split)} (train, validation, test), stratified by class, "
+st.caption(f"Split {', '.join(f'{f:.0%}' for f in defaults.split)} (train, validation, test), stratified by source and class, "
            f"seed {defaults.seed}: the Train page's defaults. The test split is only used once training ends.")
 if min(info.counts.values()) < 3:
     st.warning("One class has fewer than 3 usable images: this set cannot be split for training.")
@@ -102,7 +120,7 @@ for name, ids in info.samples.items():
     cols = st.columns(max(1, len(ids)))
     for col, image_id in zip(cols, ids):
         try:
-            col.image(prepare_image(data.root / image_id, 160).transpose(1, 2, 0), caption=image_id.rsplit("/", 1)[-1])
+            col.image(prepare_image(data.path_of(image_id), 160).transpose(1, 2, 0), caption=image_id.rsplit("/", 1)[-1])
         except ImageError as exc:
             col.warning(f"{image_id}: {exc}")
 

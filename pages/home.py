@@ -1,9 +1,12 @@
 """Home: what fvr does, the state of the data and of the runs, and where to go next."""
 
+import pandas as pd
 import streamlit as st
 
-from fvr_core.dataset import DataError, scan_dataset
-from fvr_core.runs import ACTIVE_STATES
+from fvr_core.compare import readable_table
+from fvr_core.dataset import DataError
+from fvr_core.datasources import count_images
+from fvr_core.runs import ACTIVE_STATES, count_states
 from pages._common import current_dataset, demo_banner, runs
 
 st.title("fvr: fake vs real faces")
@@ -22,9 +25,9 @@ with left:
         st.info("No data set chosen yet: pick one on the Data page (the built-in demo set needs no download).")
     else:
         try:
-            root, records, report = scan_dataset(data)
-            fake = sum(r.label == 0 for r in records)
-            st.write(f"`{root}`: {len(records)} images ({fake} fake, {len(records) - fake} real), {report.layout} layout.")
+            counts = count_images(data)
+            st.write(f"`{data}`: {counts['total']} images ({counts['fake']} fake, {counts['real']} real), "
+                     f"layout {counts['layout']}.")
         except DataError as exc:
             st.warning(f"The chosen data set cannot be read: {exc}")
     st.page_link("pages/data.py", label="Choose or inspect the data", icon=":material/photo_library:")
@@ -32,25 +35,28 @@ with left:
 with right:
     st.subheader("Runs")
     all_runs = runs()
-    states = [r.state for r in all_runs]
-    if not all_runs:
-        st.info("No runs yet: start one on the Train page (the \"Quick look\" preset takes about a minute).")
+    own = [r for r in all_runs if not r.is_reference]
+    shipped = len(all_runs) - len(own)
+    if not own:
+        st.info("No runs of yours yet: start one on the Train page (the \"Quick look\" preset takes about a minute).")
     else:
-        active = sum(s in ACTIVE_STATES for s in states)
-        counts = ", ".join(f"{states.count(s)} {s}" for s in sorted(set(states)))
-        st.write(f"{len(all_runs)} runs: {counts}.")
+        st.write(f"Your runs: {count_states(own)}.")
+        active = sum(r.state in ACTIVE_STATES for r in own)
         if active:
             st.write(f":material/autorenew: {active} training or queued now: follow them live on the Train page.")
+    if shipped:
+        st.caption(f"Also {shipped} reference runs shipped with fvr (the original comparison, trained once): "
+                   "marked \"ref\" on Compare and Predict.")
     st.page_link("pages/train.py", label="Train a model", icon=":material/model_training:")
     st.page_link("pages/compare.py", label="Compare runs", icon=":material/leaderboard:")
     st.page_link("pages/predict.py", label="Ask the models about your photos", icon=":material/image_search:")
 
 if all_runs:
     st.subheader("Latest runs")
-    rows = [r.summary() for r in all_runs[:10]]
-    columns = ["run", "model", "state", "epochs", "image_size", "test_acc", "test_balanced_acc", "test_roc_auc"]
-    st.dataframe([{k: row[k] for k in columns} for row in rows], hide_index=True, width="stretch",
-                 column_config={k: st.column_config.NumberColumn(format="percent") for k in ("test_acc", "test_balanced_acc")})
+    columns = ["run", "model", "state", "reference", "epochs", "image_size", "test_acc", "test_balanced_acc", "test_roc_auc"]
+    table, formats = readable_table(pd.DataFrame([r.summary() for r in (own[:10] or all_runs[:10])], columns=columns))
+    st.dataframe(table, hide_index=True, width="stretch",
+                 column_config={title: st.column_config.NumberColumn(format=fmt) for title, fmt in formats.items()})
 
 with st.expander("The same from a terminal or a notebook"):
     st.code(

@@ -164,7 +164,7 @@ def noisy_run(tmp_path_factory):
     for i in range(10):
         os.replace(root / "fake" / f"f{i}.jpg", root / "real" / f"f{i}.jpg")
         os.replace(root / "real" / f"r{i}.jpg", root / "fake" / f"r{i}.jpg")
-    config = TrainConfig(data=str(root), model="cnn", epochs=4, image_size=48, batch_size=8, threads=1)
+    config = TrainConfig(data=str(root), model="tiny_cnn", epochs=4, image_size=48, batch_size=8, threads=1)
     run = train(config, runs_dir=tmp_path_factory.mktemp("runs"))
     assert run.status()["state"] == "completed"
     return run

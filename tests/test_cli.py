@@ -92,9 +92,13 @@ def test_predict_prints_probabilities_and_survives_a_broken_file(trained, tmp_pa
     rows = json.loads(result.stdout)
     assert [r["image"] for r in rows] == [str(good), str(wide), str(broken)]
     assert [r["error"] is None for r in rows] == [True, True, False]
-    assert [r["face"] for r in rows[:2]] == ["face", "no face found: whole image"]
-    assert all(0 <= r["prob_fake"] <= 1 and r["verdict"] in ("fake", "real", "unsure") for r in rows[:2])
+    assert rows[0]["face"] == "face" and 0 <= rows[0]["prob_fake"] <= 1 and rows[0]["verdict"] in ("fake", "real", "unsure")
+    # no face in the wide picture: not judged, unless asked to judge the whole image
+    assert rows[1]["verdict"] == "not judged" and rows[1]["prob_fake"] is None and "no face found" in rows[1]["face"]
     assert "not an image" in rows[2]["error"]
+    asked = fvr("predict", run_dir.name, str(wide), "--runs-dir", str(runs), "--json", "--judge-without-face")
+    (row,) = json.loads(asked.stdout)
+    assert row["face"] == "no face found: whole image" and 0 <= row["prob_fake"] <= 1 and row["verdict"] in ("fake", "real", "unsure")
 
 
 def test_predict_a_folder_to_csv_and_evaluate_a_labelled_folder(trained, tmp_path):
@@ -219,3 +223,28 @@ def test_demo_data_trains_from_the_cli(tmp_path):
     assert "SYNTHETIC" in (out / "README.txt").read_text()
     result = fvr("train", "--data", str(out), "--epochs", "1", "--image-size", "48", "--runs-dir", str(tmp_path / "runs"), "--threads", "1")
     assert result.returncode == 0, result.stderr
+
+
+def test_reference_runs_are_listed_marked_and_found_by_id(monkeypatch, tmp_path):
+    """The shipped reference runs (checkpoints/reference) show in `runs`, marked, and their ids
+    work like any other; a reference vgg19 without weights says why it has no checkpoint."""
+    shipped = REPO / "checkpoints" / "reference"
+    monkeypatch.setenv("FVR_REFERENCE_DIR", str(shipped))
+    ids = sorted(p.name for p in shipped.iterdir() if (p / "config.json").is_file())
+    table = fvr("runs", "--runs-dir", str(tmp_path / "none")).stdout
+    assert all(i in table for i in ids) and "ref: a reference run shipped with fvr" in table
+    rows = json.loads(fvr("runs", "--runs-dir", str(tmp_path / "none"), "--json").stdout)
+    assert sorted(r["run"] for r in rows) == ids and all(r["reference"] for r in rows)
+
+    cnn = next(i for i in ids if "-cnn-" in i)
+    from fvr_core.runs import RunError, find_run
+
+    assert find_run(cnn, tmp_path / "none").id == cnn
+    assert find_run(cnn[:19], tmp_path / "none").id == cnn  # a prefix, as for the user's runs
+    assert find_run(cnn[-6:], tmp_path / "none").id == cnn  # the id's tail
+    with pytest.raises(RunError, match="nor among the reference runs"):
+        find_run("no-such-run", tmp_path / "none")
+    bare = next(i for i in ids if "-vgg19-" in i and not (shipped / i / "best.safetensors").is_file())
+    result = fvr("predict", bare, str(write_image(tmp_path / "x.jpg")), "--runs-dir", str(tmp_path / "none"))
+    assert result.returncode == 6 and "ships metrics and curves only" in result.stderr
+    assert "has no best checkpoint yet" not in result.stderr and "reference runs of vgg19" in result.stderr

@@ -39,3 +39,28 @@ def test_unknown_keys_and_bad_types_are_refused():
 def test_strings_from_a_command_line_are_converted():
     c = TrainConfig.from_dict({"epochs": "5", "lr": "0.01", "pretrained": "false", "split": "0.5,0.25,0.25"})
     assert (c.epochs, c.lr, c.pretrained, c.split) == (5, 0.01, False, (0.5, 0.25, 0.25))
+
+
+def test_settings_round_trip_through_a_link():
+    """The Train page keeps its settings in the URL: what it writes reads back the same, and a
+    link holds only what differs from the page's starting point."""
+    from fvr_core.config import from_query_params, to_query_params
+
+    chosen = {**TrainConfig().to_dict(), "model": "resnet18", "lr": 2e-4, "epochs": 7, "pretrained": True, "name": "my run"}
+    params = to_query_params(chosen)
+    assert params == {"model": "resnet18", "lr": "0.0002", "epochs": "7", "pretrained": "true", "name": "my run"}
+    assert all(isinstance(v, str) for v in params.values())
+    values, problems = from_query_params(params)
+    assert problems == [] and {k: chosen[k] for k in values} == values and set(values) == set(params)
+    start = {**TrainConfig().to_dict(), "epochs": 5}
+    assert to_query_params({**start, "epochs": 5}, base=start) == {}
+
+
+def test_a_bad_link_is_reported_not_raised():
+    from fvr_core.config import from_query_params
+
+    values, problems = from_query_params({"epochs": "many", "model": "gpt", "lr": "inf", "batch_size": "16", "seed": "-3",
+                                          "data": "/x", "tab": "curves"}, names=("epochs", "model", "lr", "batch_size", "seed"))
+    assert values == {"batch_size": 16}  # data and tab are no settings of this page: left to their owners
+    assert len(problems) == 4 and any("seed=-3" in p for p in problems) and any("epochs='many'" in p for p in problems) and any("model='gpt'" in p for p in problems)
+    assert all("using the default" in p for p in problems)

@@ -8,6 +8,7 @@ import ast
 import io
 import os
 import re
+import time
 import zipfile
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from fvr_core.archive import ArchiveError, extract_dataset_zip
 from fvr_core.config import ConfigError, TrainConfig, check_limits
 from fvr_core.dataset import DataError
 from fvr_core.datasources import default_dataset, known_datasets, resolve_user_folder, resolve_user_path
-from fvr_core.runs import QUEUED, RunError, RunStore
+from fvr_core.runs import QUEUED, STOPPED, RunError, RunStore
 from fvr_core.settings import DEMO_MODELS, app_limits
 from test_pages import app, no_traceback, page, texts
 
@@ -46,7 +47,7 @@ def reference_runs(tmp_path_factory):
 
     data = make_class_folders(tmp_path_factory.mktemp("demo-ref-data"), 8, 8, size=(32, 32))
     folder = tmp_path_factory.mktemp("demo-reference")
-    train(TrainConfig(data=str(data), model="cnn", epochs=1, image_size=48, batch_size=8, threads=1), runs_dir=folder)
+    train(TrainConfig(data=str(data), model="tiny_cnn", epochs=1, image_size=48, batch_size=8, threads=1), runs_dir=folder)
     return folder
 
 
@@ -116,7 +117,7 @@ def test_every_training_cap_is_enforced_in_the_library(demo, faces, queue_only):
     check_limits(ok, demo)
     for changes, message in [({"epochs": 6}, "epochs=6: this app allows at most 5"),
                              ({"image_size": 160}, "image_size=160: this app allows at most 128 px"),
-                             ({"model": "vgg19"}, "model='vgg19': this app offers cnn, resnet18, mobilenet_v3_small"),
+                             ({"model": "vgg19"}, "model='vgg19': this app offers cnn, resnet18, mobilenet_v3_small, cooc_lr"),
                              ({"model": "resnet18", "pretrained": True}, "downloads are turned off")]:
         with pytest.raises(ConfigError, match=re.escape(message)):
             check_limits(ok.replace(**changes), demo)
@@ -136,12 +137,12 @@ def test_resuming_respects_the_queue_cap(demo, faces, queue_only):
     from fvr_core.runs import STOPPED
 
     config = TrainConfig(data=str(faces), model="cnn", epochs=1, image_size=48)
-    stopped = RunStore().create(config)
+    stopped = RunStore().create(config, owner="visitor1")
     stopped.write_status(STOPPED, message="stopped as asked")
     for seed in range(demo.max_queued_runs):
         launch(config.replace(seed=seed), limits=demo)
     with pytest.raises(RunError, match="already queued or running"):
-        resume_in_background(stopped, limits=demo)
+        resume_in_background(stopped, limits=demo, owner="visitor1")
     assert stopped.state == STOPPED
 
 
@@ -324,3 +325,173 @@ def test_compare_page_offers_no_delete(demo, reference_runs, monkeypatch):
     at = page(app(), "compare")
     no_traceback(at)
     assert "Delete runs" in [e.label for e in at.expander]
+
+
+# ---------------------------------------------------------------- visitors kept apart
+
+
+def data_zip(n: int = 4, color=(180, 60, 60)) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for label, shade in (("fake", color), ("real", color[::-1])):
+            for i in range(n):
+                zf.writestr(f"{label}/{i}.jpg", jpeg((48, 48), color=shade))
+    return buffer.getvalue()
+
+
+def upload_on_data_page(at, name: str, data: bytes):
+    at.get("button_group")[0].set_value("Upload a zip").run()
+    at.file_uploader(key="data_zip").set_value((name, data, "application/zip")).run()
+    next(b for b in at.button if b.label == "Use this zip").click().run()
+    no_traceback(at)
+    return at
+
+
+def offered(at) -> list[str]:
+    at.get("button_group")[0].set_value("On this machine").run()
+    return [o for box in at.selectbox for o in box.options]
+
+
+def test_a_visitor_sees_only_the_uploads_of_their_own_session(demo, faces, queue_only):
+    """Two sessions of the public app: each lists, previews and trains on its own upload only
+    (plus the data root's sets), and cannot launch a run on the other's."""
+    from fvr_core.launcher import launch
+
+    alice, bob = upload_on_data_page(page(app(), "data"), "alice.zip", data_zip()), page(app(), "data")
+    upload_on_data_page(bob, "bob.zip", data_zip(5, (40, 160, 60)))
+    alice_path, bob_path = Path(alice.session_state["data_path"]), Path(bob.session_state["data_path"])
+    assert alice_path != bob_path and alice_path.is_dir() and bob_path.is_dir()
+    alice_sets, bob_sets = offered(alice), offered(bob)
+    assert any(str(alice_path) in o for o in alice_sets) and not any(str(alice_path) in o for o in bob_sets)
+    assert any(str(bob_path) in o for o in bob_sets) and not any(str(bob_path) in o for o in alice_sets)
+    assert any(o.startswith("faces") for o in alice_sets) and any(o.startswith("faces") for o in bob_sets)  # the data root's own sets
+
+    bob_session = bob.session_state["fvr_session"]
+    config = TrainConfig(data=str(alice_path), model="cnn", epochs=1, image_size=48)
+    with pytest.raises(DataError, match="another visitor's session"):
+        launch(config, limits=demo, owner=bob_session)
+    assert default_dataset([], demo, session=bob_session) != alice_path
+    assert launch(config, limits=demo, owner=alice.session_state["fvr_session"]).state == QUEUED
+
+
+def test_outside_demo_mode_every_upload_is_listed_for_everyone(faces):
+    first = upload_on_data_page(page(app(), "data"), "a.zip", data_zip())
+    second = page(app(), "data")
+    assert any(first.session_state["data_path"] in o for o in offered(second))
+
+
+def test_old_and_surplus_uploads_go_with_their_caches_unless_a_run_uses_them(demo, monkeypatch, queue_only):
+    from fvr_core.dataset import load_dataset
+    from fvr_core.launcher import launch
+    from fvr_core.uploads import extract_upload, list_uploads, prune_uploads
+
+    old, used, recent = (extract_upload(data_zip(4, c), demo, "s1") for c in ((200, 0, 0), (0, 200, 0), (0, 0, 200)))
+    for folder in (old, used, recent):
+        load_dataset(folder, 48)  # the decoded cache, made as the Data page does
+    caches = {u.path: u.caches for u in list_uploads()}
+    assert all(caches[f] for f in (old, used, recent))
+    day_ago = time.time() - 25 * 3600
+    for folder in (old, used):
+        os.utime(folder / ".complete", (day_ago, day_ago))
+    launch(TrainConfig(data=str(used), model="cnn", epochs=1, image_size=48), limits=demo, owner="s1")  # queued on it
+
+    assert prune_uploads(demo) == [old]  # past 24 h; `used` is as old, but a queued run trains on it
+    assert not old.exists() and not any(c.exists() for c in caches[old])
+    assert used.is_dir() and recent.is_dir() and all(c.exists() for c in caches[recent])
+
+    monkeypatch.setenv("FVR_DEMO_UPLOADS_MAX_MB", "0.001")  # 1 KB, below what is there: the oldest not in use goes first
+    monkeypatch.setenv("FVR_DEMO_UPLOAD_RETENTION_HOURS", "1000")
+    newer = extract_upload(data_zip(6, (90, 90, 0)), app_limits(), "s2")  # pruning runs before each upload
+    assert not recent.exists() and used.is_dir() and newer.is_dir()
+    assert prune_uploads(app_limits()) == [newer]
+    assert used.is_dir()
+
+
+def test_uploads_are_kept_outside_demo_mode(faces):
+    from fvr_core.uploads import extract_upload, prune_uploads
+
+    folder = extract_upload(data_zip(), None, None)
+    os.utime(folder / ".complete", (0, 0))
+    assert prune_uploads() == [] and folder.is_dir()
+
+
+# ---------------------------------------------------------------- runs belong to their session
+
+
+def test_only_the_session_that_started_a_run_can_stop_resume_or_delete_it(demo, faces, queue_only):
+    from fvr_core.launcher import launch, resume_in_background, stop
+
+    alice = page(app(faces), "train")
+    train_button(alice).click().run()
+    no_traceback(alice)
+    (run,) = RunStore().list()
+    bob = page(app(faces), "train")
+    no_traceback(bob)
+    stop_buttons = lambda at: [b for b in at.button if b.label == "Stop" and b.key == f"stop_{run.id}"]
+    assert stop_buttons(alice) and not stop_buttons(bob)  # Bob watches Alice's run, read-only
+    assert "Started by another visitor" in texts(bob.caption)
+
+    alice_id, bob_id = alice.session_state["fvr_session"], bob.session_state["fvr_session"]
+    for action in (lambda: stop(run, demo, bob_id), lambda: stop(run), lambda: RunStore().delete(run, demo, bob_id)):
+        with pytest.raises(RunError, match="started by another visitor"):
+            action()
+    assert not run.stop_requested()
+    stop_buttons(alice)[0].click().run()
+    no_traceback(alice)
+    assert run.state == STOPPED
+    with pytest.raises(RunError, match="started by another visitor"):
+        resume_in_background(run, limits=demo, owner=bob_id)
+    resume_in_background(run, limits=demo, owner=alice_id)
+    assert run.state == QUEUED
+    stop(run, demo, alice_id)
+    with pytest.raises(RunError, match="started by another visitor"):
+        RunStore().delete(run, None, bob_id)  # no limits passed: demo mode's still apply
+    RunStore().delete(run, demo, alice_id)
+    assert not run.path.exists()
+
+
+# ---------------------------------------------------------------- limits live in the library
+
+
+def test_the_library_enforces_the_demo_caps_whatever_the_caller_passes(demo, faces, queue_only, tmp_path):
+    from fvr_core.launcher import launch
+
+    too_long = TrainConfig(data=str(faces), model="cnn", epochs=50, image_size=48)
+    for limits in (None, settings.AppLimits()):  # none, or a local install's: demo mode's caps apply
+        with pytest.raises(ConfigError, match="this app allows at most 5"):
+            launch(too_long, limits=limits)
+    assert RunStore().list() == []
+
+    elsewhere = RunStore(tmp_path / "elsewhere").create(TrainConfig(data=str(faces)))
+    with pytest.raises(RunError, match="not a run of this app"):
+        RunStore().get(str(elsewhere.path))
+
+
+def test_reference_runs_cannot_be_deleted_stopped_or_resumed_anywhere(reference_runs, monkeypatch):
+    from fvr_core.launcher import resume_in_background, stop
+    from fvr_core.training import resume
+
+    monkeypatch.setenv("FVR_REFERENCE_DIR", str(reference_runs))
+    (shipped,) = RunStore(reference_runs).list()
+    for action in (lambda: RunStore(reference_runs).delete(shipped), lambda: RunStore().delete(str(shipped.path)),
+                   lambda: stop(shipped), lambda: resume_in_background(shipped), lambda: resume(shipped)):
+        with pytest.raises(RunError, match="reference run"):
+            action()
+    assert shipped.path.is_dir() and not shipped.stop_requested()
+
+
+def test_photo_counts_are_capped_in_the_library_in_demo_mode(demo, reference_runs, monkeypatch, tmp_path):
+    from fvr_core.outside import list_photos, predict_photos
+    from fvr_core.predict import Predictor, predict_with_each, prepare_photos
+
+    monkeypatch.setenv("FVR_DEMO_MAX_UPLOAD_FILES", "2")
+    for i in range(4):
+        (tmp_path / f"p{i}.jpg").write_bytes(jpeg(color=(40 * i, 90, 120)))
+    (run,) = RunStore(reference_runs).list()
+    predictors = {"m": Predictor.from_run(run)}
+    prepared, rows = predict_photos(predictors, list_photos(tmp_path), face_crop=False)
+    assert len(prepared) == 2 and {r["image"] for r in rows} == {"p0.jpg", "p1.jpg"}
+    rows = predict_with_each(predictors, prepare_photos(sorted(tmp_path.glob("*.jpg")), face_crop=False))
+    assert len(rows) == 2
+    monkeypatch.delenv("FVR_DEMO_MODE")
+    assert len(predict_photos(predictors, list_photos(tmp_path), face_crop=False)[0]) == 4

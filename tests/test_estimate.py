@@ -42,19 +42,34 @@ def test_step_cost_is_a_fixed_part_plus_a_part_per_image():
     assert s.train_seconds(images=320, steps=40) > s.train_seconds(images=320, steps=10)
 
 
-def test_estimate_counts_steps_epochs_validation_test_and_decoding():
-    s = speed()
-    config = TrainConfig(data="x", model="cnn", image_size=64, epochs=3, batch_size=32)
-    sizes = {"train": 100, "val": 30, "test": 40}
-    warm = estimate_run(config, sizes, decoded=True, speed=s)
-    steps = 3 * math.ceil(100 / 32)
-    assert warm.train_seconds == pytest.approx(s.train_seconds(300, steps))
-    # validation after each of the 3 epochs, then one pass over the test split
-    assert warm.eval_seconds == pytest.approx(3 * s.eval_seconds(30, 64) + s.eval_seconds(40, 64))
-    assert warm.decode_seconds == 0
-    assert warm.total_seconds == pytest.approx(warm.train_seconds + warm.eval_seconds)
-    cold = estimate_run(config, sizes, decoded=False, speed=s)
-    assert cold.decode_seconds == pytest.approx(170 * DECODE_SECONDS_PER_IMAGE)
+@pytest.mark.parametrize("changes", [dict(epochs=3), dict(epochs=3, max_steps=5), dict(epochs=2, batch_size=5)])
+def test_estimate_counts_the_steps_images_and_evaluations_a_real_run_makes(changes, tmp_path):
+    """With a speed of 10 s a step, 1 s an image trained and 100 s an image evaluated, the estimate
+    must equal what the trainer really did: its steps, the images it trained on (a last partial
+    batch, an epoch cut by max_steps), a validation pass per epoch and one test pass."""
+    from conftest import make_class_folders
+    from fvr_core.training import train
+
+    data = make_class_folders(tmp_path / "data", 12, 12, size=(32, 32))
+    config = TrainConfig(data=str(data), model="tiny_cnn", image_size=48, threads=1, **{"batch_size": 8, **changes})
+    run = train(config, runs_dir=tmp_path / "runs")
+    split, epochs = run.split(), run.epoch_rows()
+    sizes = {name: len(split[name]) for name in ("train", "val", "test")}
+    steps = run.status()["total_steps"]
+    assert epochs[-1]["step"] == steps
+    trained = round(sum(e["images_per_s"] * e["epoch_seconds"] for e in epochs))  # images seen, epoch by epoch
+    evaluated = len(epochs) * sizes["val"] + len(run.split()["test"])
+    assert run.test_metrics()["n"] == sizes["test"]
+
+    unit = Speed(model="tiny_cnn", image_size=48, device="cpu", threads=1, batch_size=config.batch_size,
+                 train_step_seconds=10.0, train_seconds_per_image=1.0 + 10.0 / config.batch_size,
+                 eval_batch_seconds=0.0, eval_seconds_per_image=100.0, measured_unix=0.0)
+    warm = estimate_run(config, sizes, decoded=True, speed=unit)
+    assert warm.train_seconds == pytest.approx(10 * steps + trained)
+    assert warm.eval_seconds == pytest.approx(100 * evaluated)
+    assert warm.total_seconds == pytest.approx(warm.train_seconds + warm.eval_seconds) and warm.decode_seconds == 0
+    cold = estimate_run(config, sizes, decoded=False, speed=unit)
+    assert cold.decode_seconds == pytest.approx(sum(sizes.values()) * DECODE_SECONDS_PER_IMAGE)
     assert "decoding images" in cold.describe() and "decoding" not in warm.describe()
 
 
@@ -106,6 +121,80 @@ def test_a_damaged_speed_cache_is_measured_again():
 def test_estimate_without_a_speed_measures_the_configured_model():
     config = TrainConfig(data="x", model="cnn", image_size=48, epochs=1, batch_size=8, device="cpu")
     estimate = estimate_run(config, {"train": 16, "val": 8, "test": 8})
-    assert estimate.speed.model == "cnn" and estimate.speed.image_size == 32
+    assert estimate.speed.model == "cnn" and estimate.speed.image_size == 48
     assert estimate.total_seconds > 0 and not estimate.cached
     assert estimate_run(config, {"train": 16, "val": 8, "test": 8}).cached
+
+
+# ---- estimates that hold: finished runs first, stale or contradicted measurements taken again
+
+
+@pytest.fixture
+def finished_run(demo_data):
+    from fvr_core.training import train
+
+    config = TrainConfig(data=str(demo_data), model="cnn", epochs=2, image_size=48, batch_size=16, device="cpu")
+    run = train(config)
+    assert run.state == "completed"
+    return config, run
+
+
+def test_a_finished_run_is_the_first_source_and_predicts_itself(finished_run):
+    from fvr_core.estimate import observed_speed, speed_for
+    from fvr_core.runs import RunStore
+
+    config, run = finished_run
+    runs = RunStore().list()
+    seen = observed_speed(runs, "cnn", 48, 16)
+    assert seen is not None and seen.source == f"run {run.id}"
+    assert observed_speed(runs, "cnn", 64, 16) is None and observed_speed(runs, "cnn", 48, 32) is None
+    split = run.split()
+    sizes = {name: len(split[name]) for name in ("train", "val", "test")}
+    estimate = estimate_run(config, sizes, decoded=False, speed=speed_for(config, runs, measure=False))
+    actual = run.status()["train_seconds"]
+    # the same settings again: the estimate is that run's own time (decoding counted apart)
+    assert estimate.from_run and abs(estimate.total_seconds - estimate.decode_seconds - actual) < 0.05 * actual
+    low, high = estimate.range_seconds()
+    assert low < estimate.total_seconds < high and "as fast as run" in estimate.describe()
+
+
+def test_a_measurement_that_disagrees_with_a_finished_run_is_dropped(finished_run):
+    from fvr_core.estimate import _cache_key, _threads_used, speed_for
+    from fvr_core.runs import RunStore
+
+    config, _ = finished_run
+    key = _cache_key("cnn", 48, 16, "cpu", _threads_used(0, "cpu"))
+    wrong = speed(train_per_image=5.0, batch_size=16).to_dict() | {"image_size": 48, "measured_unix": __import__("time").time()}
+    (cache_root() / "speed.json").parent.mkdir(parents=True, exist_ok=True)
+    (cache_root() / "speed.json").write_text(json.dumps({key: wrong}))
+    assert speed_for(config, RunStore().list(), measure=False).source.startswith("run ")
+    assert key not in json.loads((cache_root() / "speed.json").read_text()), "the contradicted figure must go"
+
+
+def test_a_stale_measurement_is_taken_again():
+    from fvr_core.estimate import STALE_SECONDS, speed_for
+
+    config = TrainConfig(data="x", model="cnn", image_size=48, batch_size=8, device="cpu")
+    first = measure_speed("cnn", 48, batch_size=8, budget_seconds=0.2)
+    assert speed_for(config, measure=False) == first  # fresh: reused
+    cache = json.loads((cache_root() / "speed.json").read_text())
+    for entry in cache.values():
+        entry["measured_unix"] -= STALE_SECONDS + 1
+    (cache_root() / "speed.json").write_text(json.dumps(cache))
+    assert speed_for(config, measure=False) is None  # stale: not offered without measuring
+    again = speed_for(config, budget_seconds=0.2)
+    assert again.measured_unix > first.measured_unix and again.source == "measured"
+
+
+def test_all_four_together_add_up_and_decode_once():
+    from fvr_core.estimate import estimate_runs
+
+    sizes = {"train": 480, "val": 160, "test": 160}
+    configs = [TrainConfig(data="x", model=m, epochs=2) for m in ("cnn", "resnet18")]
+    speeds = [speed(), speed(train_per_image=0.05)]
+    parts = [estimate_run(c, sizes, decoded=i > 0, speed=s) for i, (c, s) in enumerate(zip(configs, speeds))]
+    together = estimate_runs(configs, sizes, decoded=False, speeds=speeds)
+    assert together.total_seconds == pytest.approx(sum(p.total_seconds for p in parts))
+    assert together.decode_seconds == pytest.approx(parts[0].decode_seconds) and parts[0].decode_seconds > 0
+    low, high = together.range_seconds()
+    assert low < together.total_seconds < high

@@ -11,9 +11,9 @@ import pytest
 
 from conftest import make_class_folders
 from fvr_core.config import TrainConfig
-from fvr_core.launcher import launch, prewarm, stop, wait
-from fvr_core.runs import COMPLETED, INTERRUPTED, RUNNING, STOPPED, RunStore
-from fvr_core.training import resume
+from fvr_core.launcher import launch, prewarm, start_worker, stop, wait
+from fvr_core.runs import COMPLETED, INTERRUPTED, QUEUED, RUNNING, STOPPED, RunStore, process_alive
+from fvr_core.training import RESUMABLE, resume
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,7 @@ def data(tmp_path_factory):
 
 
 def config(data, **changes):
-    return TrainConfig(**{**dict(data=str(data), epochs=2, image_size=48, batch_size=8, threads=1), **changes})
+    return TrainConfig(**{**dict(data=str(data), model="tiny_cnn", epochs=2, image_size=48, batch_size=8, threads=1), **changes})
 
 
 def interval(run):
@@ -67,8 +67,8 @@ def test_killed_run_reads_interrupted_and_resumes(data, tmp_path):
         assert time.time() < deadline
         time.sleep(0.05)
     assert run.epoch_rows() and (run.path / "last.safetensors").is_file()
+    resume(run)  # a kill in the middle of a write leaves its temporary file: the resume clears it
     assert not [p.name for p in run.path.iterdir() if p.name.endswith(".tmp")]
-    resume(run)
     assert run.state == COMPLETED
     assert [e["epoch"] for e in run.epoch_rows()] == [1, 2, 3, 4]
     assert RunStore(tmp_path).get(run.id).test_metrics()["n"] == 6
@@ -83,3 +83,27 @@ def test_a_prewarmed_worker_takes_the_next_run_and_then_exits(data, tmp_path):
     assert worker.poll() is None  # still waiting for more, up to 30 s after the run
     worker.terminate()
     assert worker.wait(timeout=30) is not None
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_training_run_resumably_and_the_worker_exits_leaving_the_queue(data, tmp_path):
+    """A platform stopping the app sends SIGTERM: the run in training stops (resumable), the worker
+    exits instead of taking the next run, and the queued run waits for the next worker."""
+    training = launch(config(data, epochs=200), tmp_path)
+    queued = launch(config(data, epochs=1), tmp_path)
+    deadline = time.time() + 120
+    while training.state != RUNNING or not training.step_rows():
+        assert time.time() < deadline, training.status()
+        time.sleep(0.05)
+    status = training.status()
+    os.kill(status["pid"], signal.SIGTERM)
+    deadline = time.time() + 60
+    while process_alive(status["pid"], status["pid_start"]):
+        assert time.time() < deadline, "the worker did not exit after SIGTERM"
+        time.sleep(0.05)
+    assert training.state == STOPPED and training.state in RESUMABLE, training.status()
+    assert "SIGTERM" in training.status()["message"]
+    assert queued.state == QUEUED and not queued.step_rows()  # not started by the terminated worker
+    start_worker(tmp_path)  # the next worker (a restarted app) takes it
+    assert wait(queued, timeout=120) == COMPLETED, queued.status()
+    assert training.state == STOPPED

@@ -1,4 +1,5 @@
-"""The model registry: every entry builds, returns 2-class logits, and names a real saliency layer."""
+"""The model registry: every entry builds, returns 2-class logits, and names a real saliency layer
+(or, for the classical detector, says it has none)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ def test_every_model_returns_two_logits_at_a_small_size(name):
     assert torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", [name for name, spec in MODELS.items() if spec.has_saliency])
 def test_saliency_layer_exists_and_gives_a_spatial_map(name):
     spec = get_spec(name)
     model = build_model(name).eval()
@@ -162,3 +163,24 @@ def test_new_cnn_checkpoints_load_as_cnn(tmp_path):
     save_checkpoint(tmp_path / "best", WriteupCNN(), {"model": "cnn", "image_size": 64})
     model, meta = load_checkpoint(tmp_path / "best.safetensors")
     assert meta["model"] == "cnn" and isinstance(model, WriteupCNN)
+
+
+def test_only_the_classical_detector_has_no_saliency_layer_and_it_is_fitted_in_one_pass():
+    assert [name for name, spec in MODELS.items() if not spec.has_saliency] == ["cooc_lr"]
+    assert [name for name, spec in MODELS.items() if spec.fit is not None] == ["cooc_lr"]
+
+
+def test_srm_net_sees_the_residual_at_full_resolution_before_any_pooling():
+    from fvr_core.forensic import Residuals
+
+    model = build_model("srm_net").eval()
+    assert isinstance(model.features[0], Residuals)
+    seen = []
+    hook = model.features[7].register_forward_hook(lambda m, i, o: seen.append(o.shape))  # after two convolutions
+    with torch.no_grad():
+        model(torch.randn(1, 3, 96, 96))
+    hook.remove()
+    assert seen[0][-2:] == (92, 92)  # only the 5x5 high-pass filters' border is lost
+    # the fixed filters are high-pass: a flat picture leaves no residual at all
+    flat = torch.zeros(1, 3, 16, 16)
+    assert torch.allclose(model.features[0](flat), torch.zeros(()), atol=1e-4)

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from conftest import REPO, make_class_folders
+from conftest import REPO, make_class_folders, write_image
 from fvr_core.calibration import load_calibration
 from fvr_core.config import TrainConfig
 from fvr_core.robustness import CORRUPTIONS, load_robustness
@@ -40,6 +40,11 @@ def image_captions(at: AppTest) -> list[str]:
     return [c for img in at.image for c in img.captions]
 
 
+def frame_with(at: AppTest, column: str):
+    """The first table on the page with this column."""
+    return next(d.value for d in at.dataframe if column in d.value.columns)
+
+
 def no_traceback(at: AppTest) -> None:
     assert not at.exception, texts(at.exception)
 
@@ -49,7 +54,7 @@ def trained_run(demo_data):
     """A finished run of the small CNN on the demo set (trained in this process)."""
     from fvr_core.training import train
 
-    run = train(TrainConfig(data=str(demo_data), model="cnn", epochs=2, image_size=48, batch_size=16))
+    run = train(TrainConfig(data=str(demo_data), model="tiny_cnn", epochs=2, image_size=48, batch_size=16))
     assert run.state == COMPLETED
     return run
 
@@ -68,7 +73,7 @@ def test_home_without_runs_or_data_says_where_to_start():
     no_traceback(at)
     assert "fvr" in at.title[0].value
     info = texts(at.info)
-    assert "No runs yet" in info and "No data set chosen" in info
+    assert "No runs of yours yet" in info and "No data set chosen" in info
     assert {link.proto.page for link in at.get("page_link")} >= {"data", "train", "compare", "predict"}
 
 
@@ -126,6 +131,27 @@ def test_data_page_demo_set_and_bad_zip(tmp_path):
     assert "nothing was skipped" in texts(at.success)
 
 
+def test_data_page_combines_several_sources(tmp_path):
+    faces = make_class_folders(tmp_path / "faces", 5, 5)
+    gan = tmp_path / "gan"
+    for i in range(4):
+        write_image(gan / f"g{i}.jpg", (40, 40), (200, 40, 40))
+    at = page(app(), "data")
+    at.get("button_group")[0].set_value("Several sources").run()
+    at.text_area(key="data_more_sources").input(f"{faces}\nfake:{gan}").run()
+    at.button[-1].click().run()
+    no_traceback(at)
+    assert at.session_state["data_path"] == f"{faces.resolve()};fake:{gan.resolve()}"
+    sources = frame_with(at, "source")
+    assert list(sources["source"]) == ["faces", "gan"] and list(sources["fake"]) == [5, 4] and list(sources["real"]) == [5, 0]
+    assert "2 sources" in texts(at.subheader)
+
+    at.text_area(key="data_more_sources").input(f"fake:{tmp_path / 'nowhere'}").run()
+    at.button[-1].click().run()
+    no_traceback(at)
+    assert "nowhere" in texts(at.error) and "does not exist" in texts(at.error)
+
+
 # ---------------------------------------------------------------- Train
 
 
@@ -135,7 +161,7 @@ def test_train_page_has_every_setting_and_an_estimate(demo_data):
     labels = {w.label for w in [*at.selectbox, *at.slider, *at.select_slider, *at.number_input, *at.checkbox]}
     for wanted in ("Model", "Epochs", "Learning rate (log scale)", "Batch size", "Optimizer", "Schedule", "Weight decay",
                    "Augmentation", "Image size (px)", "Seed", "Early stopping patience (epochs, 0 = off)",
-                   "Gradient clipping (max norm, 0 = off)"):
+                   "Gradient clipping (max norm, 0 = off)", "Best checkpoint by", "Class weights"):
         assert wanted in labels, wanted
     assert at.session_state["cfg_image_size"] == 64 and at.session_state["cfg_model"] == "cnn"  # Quick look
     assert "Estimated time" in texts(at.info)
@@ -169,13 +195,15 @@ def wait_for_end(at: AppTest, timeout: float = 240.0) -> AppTest:
 
 def test_train_launches_a_background_run_and_the_live_view_follows_it(demo_data):
     at = page(app(demo_data), "train")
+    at.selectbox(key="cfg_model").set_value("tiny_cnn")  # the page's whole path, with 6 KB checkpoints
     at.slider(key="cfg_epochs").set_value(2)
-    at.select_slider(key="cfg_image_size").set_value(32).run()
+    at.select_slider(key="cfg_image_size").set_value(48).run()
     next(b for b in at.button if b.label == "Train").click().run()
     no_traceback(at)
     runs = RunStore().list()
-    assert len(runs) == 1 and runs[0].config.epochs == 2 and runs[0].config.image_size == 32
-    assert at.session_state["watch_run"] == runs[0].id
+    assert len(runs) == 1 and runs[0].config.epochs == 2 and runs[0].config.image_size == 48
+    assert runs[0].config.model == "tiny_cnn"
+    assert at.session_state["live_launched"] == [runs[0].id]
     wait_for_end(at)
     no_traceback(at)
     assert runs[0].state == COMPLETED
@@ -186,7 +214,7 @@ def test_train_launches_a_background_run_and_the_live_view_follows_it(demo_data)
 def test_a_diverged_run_says_so_with_the_hint(demo_data):
     from fvr_core.training import DIVERGENCE_HINT, train
 
-    run = train(TrainConfig(data=str(demo_data), model="cnn", epochs=1, image_size=48, lr=1e9, batch_size=8))
+    run = train(TrainConfig(data=str(demo_data), model="tiny_cnn", epochs=1, image_size=48, lr=1e9, batch_size=8))
     assert run.state == "diverged"
     at = page(app(demo_data), "train")
     no_traceback(at)
@@ -223,18 +251,24 @@ def test_compare_shows_the_table_curves_and_test_results(trained_run):
     no_traceback(at)
     table = at.dataframe[0].value
     assert list(table["run"]) == [trained_run.id]
-    assert table["test_balanced_acc"][0] == pytest.approx(trained_run.test_metrics()["balanced_accuracy"])
+    # headers in words, fractions as percentages
+    assert table["test balanced accuracy"][0] == pytest.approx(100 * trained_run.test_metrics()["balanced_accuracy"])
     assert at.multiselect[2].value == [trained_run.id]  # finished runs are preselected
     assert len(at.get("plotly_chart")) >= 5  # curves, test bars, confusion matrix, ROC, reliability diagram
     assert len(at.get("download_button")) == 2  # the table and the checkpoint
-    calibration = at.dataframe[1].value  # fitted when the run finished
+    per_source = frame_with(at, "recall")  # one source (the demo set): its fakes caught and reals kept
+    assert list(zip(per_source["source"], per_source["class"])) == [("demo", "fake"), ("demo", "real")]
+    assert list(per_source["right"]) == [r["correct"] for r in trained_run.test_metrics()["per_source"]]
+    calibration = frame_with(at, "temperature")  # fitted when the run finished
     assert calibration["temperature"][0] == pytest.approx(load_calibration(trained_run).temperature)
 
     charts = len(at.get("plotly_chart"))
-    at.button[0].click().run()  # "Evaluate 1 run(s) under corruption"
+    evaluate = at.button[0]
+    assert evaluate.label.startswith("Evaluate 1 run(s) under corruption (about ")  # says how long, from the run's own timing
+    evaluate.click().run()
     no_traceback(at)
     assert len(at.get("plotly_chart")) == charts + 1
-    robustness = at.dataframe[2].value
+    robustness = frame_with(at, "corruption")
     assert list(robustness["corruption"]) == [c.label for c in CORRUPTIONS.values()]
     assert load_robustness(trained_run) is not None
 
@@ -256,12 +290,17 @@ def test_predict_uploads_get_a_probability_per_model(trained_run):
         ("broken.png", b"\x89PNG not an image", "image/png"),
     ]).run()
     no_traceback(at)
-    assert len(at.get("plotly_chart")) == 1  # the good photo's bars
     assert "broken.png" in texts(at.error)
+    # a flat colour has no face: by default it is not judged, and the page says why
+    assert len(at.get("plotly_chart")) == 0 and "not judged" in texts(at.info)
+    assert "% fake" not in texts(at.markdown)
+    at.toggle(key="judge_without_face").set_value(True).run()  # asked to judge the whole photo anyway
+    no_traceback(at)
+    assert len(at.get("plotly_chart")) == 1  # the good photo's bars
     assert "% fake" in texts(at.markdown) and "cnn" in texts(at.markdown)
     captions = image_captions(at)
-    assert "no face found: whole image" in captions  # a flat colour has no face, and the page says so
-    assert sum(c.startswith("cnn") and 'evidence for "' in c for c in captions) == 1  # its saliency map
+    assert "no face found: whole image" in captions  # the page says what was judged
+    assert sum(c.startswith("tiny_cnn") and 'evidence for "' in c for c in captions) == 1  # its saliency map
     assert len(at.get("download_button")) == 1
 
 
@@ -289,6 +328,10 @@ def test_predict_evaluates_a_labelled_zip(trained_run, tmp_path):
     at = page(app(), "predict")
     at.file_uploader(key="labelled_zip").set_value(("outside.zip", buffer.getvalue(), "application/zip")).run()
     no_traceback(at)
+    scores = at.dataframe[0].value  # flat colours hold no face: not judged, so not scored
+    assert list(scores["photos"]) == [0] and list(scores["not_judged"]) == [2]
+    at.toggle(key="judge_without_face").set_value(True).run()
+    no_traceback(at)
     scores, table = at.dataframe[0].value, at.dataframe[1].value
     assert list(scores["photos"]) == [2]
     assert sorted(table["image"]) == ["blue.jpg", "red.jpg"] and set(table["truth"]) == {"fake", "real"}
@@ -305,21 +348,30 @@ def test_reference_runs_work_on_a_fresh_clone_before_any_training(demo_data, tmp
     from fvr_core.training import train
 
     reference = tmp_path / "reference"
-    shipped = train(TrainConfig(data=str(demo_data), model="cnn", epochs=1, image_size=48, batch_size=16), runs_dir=reference)
+    shipped = train(TrainConfig(data=str(demo_data), model="tiny_cnn", epochs=1, image_size=48, batch_size=16), runs_dir=reference)
     monkeypatch.setenv("FVR_REFERENCE_DIR", str(reference))
     assert RunStore().list() == []  # nothing trained in this checkout
+
+    at = app()  # Home: the shipped runs are not counted as the user's
+    no_traceback(at)
+    assert "No runs of yours yet" in texts(at.info) and "1 reference runs shipped with fvr" in texts(at.caption)
 
     at = page(app(), "compare")
     no_traceback(at)
     table = at.dataframe[0].value
-    assert list(table["run"]) == [shipped.id] and bool(table["reference"].iloc[0])
+    assert list(table["run"]) == [shipped.id] and table["shipped reference"].iloc[0] == "yes"
+    # no run of one's own: the references are the default comparison
+    assert next(w for w in at.multiselect if w.label == "Runs to compare").value == [shipped.id]
 
     at = page(app(), "predict")
     no_traceback(at)
-    assert "reference" in texts(at.caption)
+    # one epoch on the demo set is near chance: left out of "best run of each model", and the page
+    # says why; it can still be chosen by hand (the default choice then)
+    assert f"cnn, its best run {shipped.id} is near chance" in texts(at.caption)
+    at.toggle(key="judge_without_face").set_value(True).run()  # a flat picture holds no face
     at.file_uploader(key="photos").set_value([("face.jpg", jpeg_bytes(), "image/jpeg")]).run()
     no_traceback(at)
-    assert "% fake" in texts(at.markdown)
+    assert "% fake" in texts(at.markdown) and "ref · tiny_cnn" in texts(at.markdown)
 
 
 def test_the_first_page_needs_no_torch():
@@ -334,3 +386,29 @@ def test_the_first_page_needs_no_torch():
     code = f"import sys, {modules}; fvr_core.cli.build_parser(); print([m for m in ('torch', 'captum', 'facenet_pytorch') if m in sys.modules])"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert result.stdout.strip() == "[]", result.stderr
+
+
+def test_train_settings_and_data_set_come_from_the_link(demo_data, tmp_path):
+    """A reload or a shared link (?data=...&epochs=...) brings back the data set and the settings;
+    a bad value in it is named and skipped, never a traceback."""
+    other = make_class_folders(tmp_path / "other-set", n_fake=6, n_real=6)
+    at = AppTest.from_file(str(REPO / "streamlit_app.py"), default_timeout=TIMEOUT)
+    at.query_params.update({"data": str(other), "epochs": "7", "lr": "0.0002", "batch_size": "oops", "model": "gpt"})
+    at = at.switch_page("pages/train.py").run()
+    no_traceback(at)
+    assert at.session_state["data_path"] == str(other) and "other-set" in texts(at.markdown)
+    assert at.session_state["cfg_epochs"] == 7 and at.session_state["cfg_lr"] == 2e-4
+    assert at.session_state["cfg_batch_size"] == 32 and at.session_state["cfg_model"] == "cnn"  # the preset's, as said:
+    warnings = texts(at.warning)
+    assert "batch_size='oops'" in warnings and "model='gpt'" in warnings
+    # the page writes its settings back into the link (only what differs from the first preset)
+    at.slider(key="cfg_epochs").set_value(9).run()
+    assert at.query_params["epochs"] == "9" and at.query_params["data"] == str(other)
+
+
+def test_a_missing_data_set_in_the_link_is_named(demo_data, tmp_path):
+    at = AppTest.from_file(str(REPO / "streamlit_app.py"), default_timeout=TIMEOUT)
+    at.query_params["data"] = str(tmp_path / "gone")
+    at = at.switch_page("pages/train.py").run()
+    no_traceback(at)
+    assert "data set in this page's link cannot be used" in texts(at.warning)

@@ -22,7 +22,7 @@ from fvr_core.training import train
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     data = make_class_folders(tmp_path_factory.mktemp("colours"), n_fake=20, n_real=20, size=(32, 32))
-    return train(TrainConfig(data=str(data), model="cnn", epochs=2, image_size=48, batch_size=8, threads=1),
+    return train(TrainConfig(data=str(data), model="tiny_cnn", epochs=2, image_size=48, batch_size=8, threads=1),
                  runs_dir=tmp_path_factory.mktemp("runs"))
 
 
@@ -117,3 +117,70 @@ def test_scores_count_photos_by_their_largest_face():
     assert score["photos"] == 2 and score["accuracy"] == 1.0  # both right at 0.5
     assert score["unsure"] == 1 and score["correct_confident"] == 1
     assert [r["correct"] for r in table] == [True, False]
+
+
+# ---------------------------------------------------------------- memory: a cache of display-size photos
+
+
+def large_photo(seed: int, size=(6000, 4000)) -> bytes:
+    """A 24 MP JPEG (72 MB decoded): smooth colours with a little noise, as a camera's."""
+    import io
+
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 255, (size[1] // 100, size[0] // 100, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(small).resize(size, Image.Resampling.BILINEAR).save(buffer, "JPEG", quality=85)
+    return buffer.getvalue()
+
+
+def test_the_photo_cache_keeps_display_size_pictures_within_its_byte_cap():
+    from fvr_core.predict import DISPLAY_SIDE, PhotoCache
+
+    cache = PhotoCache(max_bytes=8 * 1024**2)
+    photos = [large_photo(i) for i in range(3)]
+    first = cache.prepared(photos[0], "a.jpg", face_crop=False)
+    assert max(first.original.size) == DISPLAY_SIDE and first.original.size == (1024, 683)  # not 6000x4000
+    assert max(first.subjects[0].image.size) <= DISPLAY_SIDE
+    assert first.nbytes < 5 * 1024**2  # about 4 MB kept instead of 144 MB (original and whole-image subject)
+    assert cache.prepared(photos[0], "a.jpg", face_crop=False) is first  # a rerun decodes nothing
+    for i, data in enumerate(photos[1:], 1):
+        cache.prepared(data, f"{i}.jpg", face_crop=False)
+        assert cache.nbytes <= 8 * 1024**2
+    assert len(cache) < 3  # the least recently used went
+    assert cache.prepared(photos[0], "a.jpg", face_crop=False) is not first  # prepared again
+
+
+def test_display_copies_predict_like_the_originals(run):
+    """The page predicts from the display copy: a face crop scaled to at most 1024 px first gives
+    the model (48 px here) the same answer within a hair."""
+    from fvr_core.predict import for_display, prepare_photo
+
+    data = large_photo(7, (2400, 1800))
+    predictor = Predictor.from_run(run)
+    full = prepare_photo(data, "big.jpg", face_crop=False)
+    small = for_display(full)
+    assert max(small.original.size) == 1024
+    (a,), (b,) = predictor.predict_prepared([full]), predictor.predict_prepared([small])
+    assert abs(a.prob_fake - b.prob_fake) < 0.02
+
+
+def test_measurements_started_from_pages_wait_for_a_prediction_slot(monkeypatch, run):
+    """Speed and robustness measurements take their turn with the predictions (FVR_PAGE_PREDICTIONS
+    at once for the whole process) instead of running beside them."""
+    import threading
+    import time
+
+    from fvr_core.estimate import measure_speed
+    from fvr_core.robustness import evaluate_robustness
+    from fvr_core.settings import prediction_slot
+
+    monkeypatch.setenv("FVR_PAGE_PREDICTIONS", "1")
+    for measure in (lambda: measure_speed("tiny_cnn", 48, 8, budget_seconds=0.1, refresh=True),
+                    lambda: evaluate_robustness(run, corruptions=["jpeg90"])):
+        done = threading.Event()
+        with prediction_slot():  # a prediction in progress holds the only slot
+            worker = threading.Thread(target=lambda: (measure(), done.set()))
+            worker.start()
+            assert not done.wait(3.0), "the measurement ran beside a prediction"
+        assert done.wait(120.0), "the measurement never ran"
+        worker.join()

@@ -22,7 +22,7 @@ from fvr_core.training import train
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     data = make_class_folders(tmp_path_factory.mktemp("colours"), n_fake=12, n_real=12, size=(32, 32))
-    return train(TrainConfig(data=str(data), model="cnn", epochs=1, image_size=48, batch_size=8, threads=1),
+    return train(TrainConfig(data=str(data), model="tiny_cnn", epochs=1, image_size=48, batch_size=8, threads=1),
                  runs_dir=tmp_path_factory.mktemp("runs"))
 
 

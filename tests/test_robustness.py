@@ -118,7 +118,7 @@ def small_run(tmp_path_factory):
     from fvr_core.training import train
 
     root = make_class_folders(tmp_path_factory.mktemp("colours"), n_fake=20, n_real=20, size=(32, 32))
-    config = TrainConfig(data=str(root), model="cnn", epochs=3, image_size=48, batch_size=8, threads=1)
+    config = TrainConfig(data=str(root), model="tiny_cnn", epochs=3, image_size=48, batch_size=8, threads=1)
     run = train(config, runs_dir=tmp_path_factory.mktemp("runs"))
     assert run.status()["state"] == "completed"
     return run
@@ -158,3 +158,16 @@ def test_no_report_yet(tmp_path):
     from fvr_core.runs import Run
 
     assert load_robustness(Run(tmp_path)) is None
+
+
+def test_progress_is_reported_and_the_time_is_told_beforehand(small_run):
+    from fvr_core.robustness import robustness_seconds
+    from fvr_core.runs import Run
+
+    expected = robustness_seconds(small_run)
+    assert expected is not None and expected > 0
+    assert robustness_seconds(small_run, ["jpeg50"]) == pytest.approx(expected * 2 / len(CORRUPTIONS))
+    assert robustness_seconds(Run(small_run.path.parent / "nothing")) is None  # no finished run, no figure
+    calls = []
+    evaluate_robustness(small_run, corruptions=["jpeg50", "blur1"], on_progress=lambda *a: calls.append(a))
+    assert calls == [(0, 3, CORRUPTIONS["clean"].label), (1, 3, CORRUPTIONS["jpeg50"].label), (2, 3, CORRUPTIONS["blur1"].label)]

@@ -11,14 +11,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from fvr_core.augment import normalize
-from fvr_core.models import MODELS, build_model, get_spec
+from fvr_core.models import MODELS, build_model, get_spec, has_saliency
 from fvr_core.saliency import gradcam, overlay, saliency_for, turbo
 from fvr_core.settings import FAKE, REAL
 
 torch.set_num_threads(1)
 
-S, P = 64, 14  # image side and planted patch side
-CORNERS = [(6, 6), (6, 44), (44, 6), (44, 44)]  # patch positions, one per quadrant
+# image side and planted patch side: the write-up's cnn halves the side four times, so at 128 px its
+# last map is 6x6 (at 64 px only 2x2, too coarse to tell a patch's place)
+S, P = 128, 28
+CORNERS = [(12, 12), (12, 88), (88, 12), (88, 88)]  # patch positions, one per quadrant
 
 
 def background(seed: int, n: int | None = None) -> np.ndarray:
@@ -80,7 +82,7 @@ def trained_cnn() -> nn.Module:
 def test_trained_cnn_points_at_the_planted_patch(trained_cnn, corner):
     image = with_patch(background(2), *corner)
     fake = saliency_for(trained_cnn, "cnn", image)
-    assert fake.layer == "features.8" and not fake.empty and fake.heatmap.max() == 1.0
+    assert fake.layer == get_spec("cnn").saliency_layer and not fake.empty and fake.heatmap.max() == 1.0
     inside, quadrant = patch_mask(*corner), quadrant_mask(*corner)
     assert fake.heatmap[inside].mean() > 3 * fake.heatmap[~inside].mean()
     assert quadrant.flat[fake.heatmap.argmax()], "the peak is outside the patch's quadrant"
@@ -109,9 +111,9 @@ class Planted(nn.Module):
 
 
 def test_hand_set_model_and_empty_maps(monkeypatch):
-    image = with_patch(background(3), 44, 6)
+    image = with_patch(background(3), *CORNERS[2])
     heat = gradcam(Planted(2.0, -1.0), image, FAKE, "features")
-    assert heat.max() == 1.0 and heat[patch_mask(44, 6)].mean() > 0.5 and heat[~quadrant_mask(44, 6)].max() == 0.0
+    assert heat.max() == 1.0 and heat[patch_mask(*CORNERS[2])].mean() > 0.5 and heat[~quadrant_mask(*CORNERS[2])].max() == 0.0
     assert not gradcam(Planted(2.0, -1.0), image, REAL, "features").any()
     # the patch raises both logits alike: it changes no probability, so it is no evidence for
     # either class (a raw-logit Grad-CAM would light it up)
@@ -145,10 +147,10 @@ def reference_cam(head, tail, x: torch.Tensor, target: int) -> np.ndarray:
 def cnn_cases(model):
     f = model.features
     return {
-        "features.8": (lambda x: f(x), lambda a: model.classifier(model.pool(a))),
-        # features.7 (max-pool) is followed by an inplace ReLU that overwrites its output: the map must
+        "features.11": (lambda x: f(x), lambda a: model.classifier(model.pool(a))),
+        # features.10 (max-pool) is followed by an inplace ReLU that overwrites its output: the map must
         # use the pre-ReLU activations and gradients, not the overwritten tensor
-        "features.7": (lambda x: f[:8](x), lambda a: model.classifier(model.pool(torch.relu(a)))),
+        "features.10": (lambda x: f[:11](x), lambda a: model.classifier(model.pool(torch.relu(a)))),
     }
 
 
@@ -224,7 +226,15 @@ def execution_order(model: nn.Module, x: torch.Tensor) -> list[tuple[str, nn.Mod
     return order
 
 
-@pytest.mark.parametrize("model_name", list(MODELS))
+def test_models_without_a_spatial_layer_say_there_is_no_map():
+    flat = [name for name in MODELS if not has_saliency(name)]
+    assert flat, "no registry model without a saliency layer: this test checks nothing"
+    for name in flat:
+        with pytest.raises(ValueError, match="no saliency map"):
+            saliency_for(build_model(name).eval(), name, background(5))
+
+
+@pytest.mark.parametrize("model_name", [name for name in MODELS if has_saliency(name)])
 def test_every_registry_model(model_name):
     spec = get_spec(model_name)
     size = max(64, spec.min_image_size)
@@ -368,3 +378,34 @@ def test_rounding_noise_is_not_stretched_into_a_map():
     assert peak == 0.5 and heat[0, 0] == 1.0 and heat.sum() == 1.0
     with pytest.raises(ValueError, match="not finite"):
         _normalise(np.array([[np.nan]], np.float32))
+
+
+class OneCell(nn.Module):
+    """A layer one cell wide (as a small model's last block at a small image size): its Grad-CAM
+    is the same everywhere."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 1, 1), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1))
+        self.head = nn.Linear(1, 2, bias=False)
+        with torch.no_grad():
+            self.features[0].weight.fill_(1 / 3)
+            self.features[0].bias.fill_(1.0)
+            self.head.weight.copy_(torch.tensor([[1.0], [-1.0]]))
+
+    def forward(self, x):
+        return self.head(self.features(x).flatten(1))
+
+
+def test_a_uniform_map_says_so_instead_of_a_wash(monkeypatch):
+    import fvr_core.models as models
+
+    monkeypatch.setitem(models.MODELS, "onecell", models.ModelSpec("onecell", lambda pretrained: OneCell(), S, 8,
+                                                                   "features", False, "test"))
+    image = with_patch(background(3), *CORNERS[2])
+    found = saliency_for(OneCell(), "onecell", image, FAKE)
+    assert found.uniform and not found.empty and found.peak > 0
+    assert not found.heatmap.any() and "uniform" in found.note and "points at no region" in found.note
+    assert np.array_equal(np.asarray(overlay(image, found.heatmap)), image.transpose(1, 2, 0)), "no red wash"
+    planted = saliency_for(Planted(1.0, -1.0), "onecell", image, FAKE)  # a map with a region is not uniform
+    assert not planted.uniform and planted.heatmap.max() == 1.0
