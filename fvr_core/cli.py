@@ -481,9 +481,8 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
 
 def _search_spec_from_args(args):
     from .config import TrainConfig, config_fields
-    from .search import SearchSpec, parse_range, searchable_fields
+    from .search import SearchSpec, parse_range
 
-    searchable = searchable_fields()
     fixed, space = {}, {}
     for f in config_fields():
         value = getattr(args, f.name)
