@@ -483,7 +483,8 @@ def _combine(parts: list[ImageSet], description: str) -> ImageSet:
     report = DataReport(description, "sources: " + ", ".join(f"{n} ({p.report.layout})" for n, p in zip(names, parts)),
                         counts={c: int((labels == i).sum()) for i, c in enumerate(CLASSES)}, skipped=skipped)
     roots = [p.root for p in parts]
-    common = Path(os.path.commonpath([str(r) for r in roots])) if roots else Path(".")
+    # absolute first: one source given relative to the working folder and one absolute have a common folder too
+    common = Path(os.path.commonpath([str(r.absolute()) for r in roots])) if roots else Path(".")
     return ImageSet(common, images, labels, ids, report, parts[0].image_size, "+".join(p.cache_key for p in parts),
                     sources, names, roots, ids_prefixed=True)
 

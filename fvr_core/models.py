@@ -89,10 +89,10 @@ def _srm_net() -> nn.Module:
     return SRMNet()
 
 
-def _cooc_detector() -> nn.Module:
+def _cooc_detector(directions: str) -> nn.Module:
     from .forensic import CoocDetector
 
-    return CoocDetector()
+    return CoocDetector(directions=directions)
 
 
 def _fit_cooc(*args, **kwargs) -> dict:
@@ -138,10 +138,13 @@ MODELS: dict[str, ModelSpec] = {
                   "forensic residual CNN (0.28M parameters): fixed SRM high-pass filters on each colour channel, "
                   "truncated, two full-resolution convolutions before any pooling; train it at the images' native "
                   "size on crops (train_crop), it is evaluated on the whole image"),
-        ModelSpec("cooc_lr", lambda pretrained: _cooc_detector(), 300, 16, "", False,
-                  "classical detector: co-occurrences of quantised high-pass residuals (18000 features) and a "
-                  "logistic regression, fitted in seconds on a CPU (epochs, lr and batch settings do not apply); "
-                  "use the images' native size", fit=_fit_cooc),
+        ModelSpec("cooc_lr", lambda pretrained: _cooc_detector("hv"), 300, 16, "", False,
+                  "classical detector: co-occurrences of quantised high-pass residuals along rows and columns "
+                  "(18000 features) and a logistic regression, fitted in about a minute on a CPU (epochs, lr and "
+                  "batch settings do not apply); use the images' native size", fit=_fit_cooc),
+        ModelSpec("cooc_lr4", lambda pretrained: _cooc_detector("hvda"), 300, 16, "", False,
+                  "cooc_lr with the two diagonals too (36000 features): better on the shared set's validation "
+                  "split (ROC AUC 0.954 against 0.942), features 1.4x slower", fit=_fit_cooc),
         ModelSpec("cnn_v0", lambda pretrained: _reconstructed_cnn(), 300, 32, "features.8", False,
                   "fvr's earlier CNN (3 conv blocks of 16/32/64, 10.1M parameters), a reconstruction that is not "
                   "the write-up's model: kept so runs trained with it load"),

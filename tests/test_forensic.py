@@ -41,8 +41,9 @@ def test_residual_network_learns_a_pattern_a_blurred_copy_lacks(planted_data, tm
     assert result["balanced_accuracy"] >= 0.9, result
 
 
-def test_cooc_detector_learns_the_pattern_in_one_fit_and_is_calibrated(planted_data, tmp_path):
-    run = train(_config(planted_data, "cooc_lr"), runs_dir=tmp_path)
+@pytest.mark.parametrize("model", ["cooc_lr", "cooc_lr4"])
+def test_cooc_detector_learns_the_pattern_in_one_fit_and_is_calibrated(planted_data, tmp_path, model):
+    run = train(_config(planted_data, model), runs_dir=tmp_path)
     assert run.state == COMPLETED, run.status()
     epochs = run.epoch_rows()
     assert len(epochs) == 1 and epochs[0]["val_roc_auc"] >= 0.95  # one pass, no gradient epochs
@@ -82,6 +83,39 @@ def test_cooc_features_are_normalised_histograms_of_the_residuals():
     assert torch.allclose(histograms.sum(1), torch.ones(len(histograms)))
     # a flat picture has every residual 0: all mass in the bin of three zeros (2*25 + 2*5 + 2)
     assert torch.all(histograms[:, 62] == 1.0)
+
+
+def _histogram_by_definition(symbols: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """Counts of (a, b, c) triples of neighbours along (dy, dx), written plainly, one pixel at a time."""
+    counts = np.zeros(125)
+    height, width = symbols.shape
+    for y in range(height):
+        for x in range(width):
+            points = [(y + i * dy, x + i * dx) for i in range(3)]
+            if all(0 <= py < height and 0 <= px < width for py, px in points):
+                a, b, c = (symbols[p] for p in points)
+                counts[a * 25 + b * 5 + c] += 1
+    return counts / counts.sum()
+
+
+def test_cooc_histograms_count_neighbour_triples_in_each_direction():
+    from fvr_core.forensic import NEIGHBOURS, CoocFeatures
+
+    symbols = torch.from_numpy(np.random.default_rng(0).integers(0, 5, size=(1, 1, 9, 11), dtype=np.uint8))
+    features = CoocFeatures("hvda")
+    for direction, (dy, dx) in NEIGHBOURS.items():
+        expected = _histogram_by_definition(symbols[0, 0].numpy(), dy, dx)
+        assert np.allclose(features._histogram(symbols, direction)[0].numpy(), expected), direction
+
+
+def test_four_direction_features_extend_the_two_direction_ones():
+    x = normalize(torch.from_numpy(np.random.default_rng(1).integers(0, 256, size=(2, 3, 24, 24), dtype=np.uint8)))
+    two, four = CoocDetector().features, CoocDetector(directions="hvda").features
+    per_step = two.dim // 2  # features come per quantisation step, each with its directions
+    hv, hvda = two(x), four(x)
+    assert hvda.shape[1] == 2 * hv.shape[1]
+    for step in range(2):  # for each step, the first two directions (h, v) are the same numbers
+        assert torch.equal(hvda[:, 2 * step * per_step : (2 * step + 1) * per_step], hv[:, step * per_step : (step + 1) * per_step])
 
 
 def test_both_detectors_predict_photos_through_the_ordinary_path(planted_data, tmp_path):

@@ -93,6 +93,14 @@ def test_several_sources_load_at_one_size_with_ids_by_source(sources):
     assert set(data.labels[data.sources > 0]) == {FAKE}
 
 
+
+def test_sources_given_one_relative_and_one_absolute_load_together(sources, monkeypatch):
+    faces, gan2, _ = sources
+    monkeypatch.chdir(faces.parent)
+    data = load_dataset(f"{faces.name};fake:{gan2}", 32)  # a relative folder beside an absolute one
+    assert data.source_names == ["faces", "gan2"]
+    assert all(data.path_of(i).is_file() for i in data.ids)
+
 def test_the_split_is_stratified_by_source_and_class(sources):
     faces, gan2, gan3 = sources
     data = load_dataset(f"{faces};fake:{gan2};fake:{gan3}", 48)
