@@ -476,7 +476,7 @@ class Case:
 
 
 def measure_case(case: Case, args: argparse.Namespace, device: torch.device, peaks: dict[str, float], scratch: Path) -> dict:
-    from fvr_core.training import _autocast_dtype
+    from fvr_core.devices import autocast_dtype
 
     threads = torch.get_num_threads()
     config = fvr_config(case.data, case.model, case.size, args, device)
@@ -490,7 +490,7 @@ def measure_case(case: Case, args: argparse.Namespace, device: torch.device, pea
     pipe_orig, pipe_orig_mem = original_pipeline(loader, n_pipeline, device)
     latency = prediction_latency(case.model, case.size, case.jpeg, args.repeats, device)
     flops = flops_per_image(case.model, case.size)
-    precision = "bf16" if _autocast_dtype(config, device) == torch.bfloat16 else "fp32"
+    precision = "bf16" if autocast_dtype(config, device) == torch.bfloat16 else "fp32"
     fvr_gflops = flops * fvr["images_per_s"] / 1e9
     return {
         "model": case.model, "size": case.size, "train_images": len(train_ids), "precision": precision,

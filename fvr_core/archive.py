@@ -24,11 +24,11 @@ import tempfile
 import zipfile
 import zlib
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Iterator, Union
 
 from . import settings
+from .settings import ArchiveLimits
 from .settings import IMAGE_EXTENSIONS
 
 ArchiveSource = Union[str, Path, bytes, BinaryIO]
@@ -50,14 +50,6 @@ _REZIP = "zip the fake/ and real/ folders with a standard zip tool and upload th
 
 class ArchiveError(ValueError):
     """An archive cannot be extracted; the message names the archive (and entry) and what to do."""
-
-
-@dataclass
-class ArchiveLimits:
-    max_files: int = 20_000  # files extracted
-    max_total_bytes: int = 2 * 1024**3  # sum of uncompressed sizes of the files extracted
-    max_file_bytes: int = 64 * 1024**2
-    max_ratio: float = 200.0  # uncompressed/compressed per entry (zip bomb)
 
 
 # ---------------------------------------------------------------------------------------------

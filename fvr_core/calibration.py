@@ -316,7 +316,7 @@ def save_calibration(run, calibration: Calibration, which: str = "best") -> Cali
     """Write calibration.json (calibration-<which>.json for another checkpoint) to the run folder
     and put the temperature into the checkpoint's metadata (<which>.json), so a checkpoint copied
     on its own keeps its calibration. Fills in the run, checkpoint and time when they are empty."""
-    from .runs import atomic_write_json, crash_point, now_iso, read_json
+    from .files import atomic_write_json, crash_point, now_iso, read_json
 
     calibration.run = calibration.run or run.id
     calibration.checkpoint = calibration.checkpoint or which
@@ -353,7 +353,7 @@ def load_calibration(run, which: str = "best") -> Calibration | None:
     """The run's calibration.json when it was fitted for its current `which` checkpoint; None when
     there is none, it cannot be read, or it is stale (the checkpoint changed since, e.g. a resumed
     run found a better epoch): calibrate_run again then."""
-    from .runs import read_json
+    from .files import read_json
 
     data = read_json(calibration_path(run, which))
     if not isinstance(data, dict) or "temperature" not in data:

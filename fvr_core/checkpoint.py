@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import pickle
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +18,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .ensemble import ENSEMBLE, build_ensemble
+from .ensemble_model import ENSEMBLE, build_ensemble
 from .models import ModelError, build_model, get_spec
-from .runs import atomic_write_json, read_json
+from .files import atomic_file, atomic_write_json, read_json
 from .settings import CLASSES, IMAGENET_MEAN, IMAGENET_STD
 
 FORMAT = "fvr-checkpoint/1"
@@ -50,16 +48,8 @@ def save_checkpoint(stem: Path, model: nn.Module, meta: dict[str, Any], half: bo
         **meta,
     }
     target = stem.with_suffix(".safetensors")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"fvr": json.dumps({"model": meta.get("model"), "image_size": meta.get("image_size")})})
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(target) as tmp:
+        save_file(tensors, str(tmp), metadata={"fvr": json.dumps({"model": meta.get("model"), "image_size": meta.get("image_size")})})
     atomic_write_json(stem.with_suffix(".json"), meta)
     return target
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .runs import find_run  # torch-free, as the CLI's start must be
+from .signals import stop_on_sigterm
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_DATA, EXIT_DIVERGED, EXIT_DOWNLOAD, EXIT_RUN, EXIT_STOPPED = 0, 1, 2, 3, 4, 5, 6, 130
 EXIT_CODES = f"""exit codes:
@@ -160,15 +161,13 @@ def _format_metrics(m: dict) -> str:
 
 def cmd_train(args) -> int:
     from . import distributed
+    from .dataset import check_sources, resolve_sources
     from .launcher import launch
-    from .training import Trainer, stop_on_sigterm, train
-    from .runs import RunStore
+    from .training import train
 
     config = _config_from_args(args)
     if not config.data:
         return _fail(EXIT_USAGE, "--data is required: the folder holding fake/ and real/ (try: python -m fvr_core demo-data)")
-    from .dataset import check_sources, resolve_sources
-
     check_sources(config.data)  # a DataError (exit 3) for a path that cannot be a data set, before a run is made
     config = config.replace(data=resolve_sources(config.data))
     if args.background:
@@ -176,18 +175,14 @@ def cmd_train(args) -> int:
         print(f"queued run {run.id} in {run.path.parent}; watch it with: python -m fvr_core runs --runs-dir {run.path.parent}")
         return EXIT_OK
     stop_on_sigterm()
-    context = distributed.from_environment()
-    if context.enabled:  # under torchrun: the processes train one run; rank 0 reports it
-        run = train(config, args.runs_dir, _ProgressBar() if context.is_main else None)
-        return _print_state(run) if context.is_main else EXIT_OK
-    run = RunStore(args.runs_dir).create(config)
-    print(f"run {run.id} in {run.path}")
-    Trainer(run, _ProgressBar()).fit()
-    return _print_state(run)
+    main = distributed.from_environment().is_main  # under torchrun the processes train one run; rank 0 reports it
+    run = train(config, args.runs_dir, _ProgressBar() if main else None,
+                on_created=lambda created: print(f"run {created.id} in {created.path}", flush=True))
+    return _print_state(run) if main else EXIT_OK
 
 
 def cmd_resume(args) -> int:
-    from .training import resume, stop_on_sigterm
+    from .training import resume
 
     from . import distributed
 
@@ -239,7 +234,6 @@ def cmd_evaluate(args) -> int:
 
 def cmd_leave_one_out(args) -> int:
     from .heldout import format_per_source, leave_one_generator_out
-    from .training import stop_on_sigterm
 
     config = _config_from_args(args)
     if not config.data:
@@ -531,7 +525,7 @@ def _print_search(search) -> None:
 
 
 def cmd_search(args) -> int:
-    from .runs import atomic_write_json
+    from .files import atomic_write_json
     from .search import SearchStore, launch_search, prepare_resume, resume_search_in_background, run_search
     from .settings import app_limits
 

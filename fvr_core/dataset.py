@@ -432,9 +432,14 @@ def parse_sources(data: str) -> list[Source]:
     return sources
 
 
+def source_folders(data: str) -> list[Path]:
+    """Each source's folder, absolute: the one way fvr turns a user's data path into a folder."""
+    return [Path(s.path).expanduser().resolve() for s in parse_sources(data)]
+
+
 def resolve_sources(data: str) -> str:
     """`data` with every source's path made absolute (prefixes kept), as a run's config stores it."""
-    return ";".join(Source(str(Path(s.path).expanduser().resolve()), s.label).spec for s in parse_sources(data))
+    return ";".join(Source(str(folder), s.label).spec for folder, s in zip(source_folders(data), parse_sources(data)))
 
 
 def check_sources(data: str) -> list[Path]:

@@ -14,7 +14,8 @@ import numpy as np
 from . import settings
 from .dataset import (DataError, ImageSet, Source, find_dataset_root, load_dataset, parse_sources, resolve_sources, scan_dataset,
                       scan_one_class, stratified_split)
-from .runs import Run, atomic_write_json, read_json
+from .runs import Run
+from .files import atomic_write_json, read_json
 from .settings import CLASSES, AppLimits
 
 # decoded size of the Data page's look at a set: small to be quick, and the cache it leaves behind

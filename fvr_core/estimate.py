@@ -30,10 +30,11 @@ from .config import TrainConfig
 from .durations import format_duration  # noqa: F401  (re-exported: pages and the CLI import it from here)
 from .evaluation import predict_logits
 from .models import build_model, get_spec
-from .runs import COMPLETED, Run, RunError, atomic_write_json, read_json
+from .runs import COMPLETED, Run, RunError
+from .files import atomic_write_json, read_json
 from . import settings
 from .settings import cache_root
-from .training import configure_threads, resolve_device
+from .devices import configure_threads, resolve_device
 
 CACHE_FORMAT = 2  # bump when the measurement changes, so older figures are measured again
 # Two images per measured step: one training step of vgg19 at 300 px then takes about 5 s on a

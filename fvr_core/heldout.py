@@ -16,9 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from .dataset import DataError, ImageSet, load_dataset, parse_sources, per_source_recall, resolve_sources
+from .dataset import DataError, ImageSet, load_dataset, parse_sources, per_source_recall, resolve_sources, source_folders
 from .metrics import classification_metrics
-from .runs import COMPLETED, STOPPED, Run, RunError, atomic_write_json, read_json
+from .runs import COMPLETED, STOPPED, Run, RunError
+from .files import atomic_write_json, read_json
 
 HELD_OUT_FILE = "held_out.json"  # in the run folder: one result per held-out source spec
 
@@ -95,7 +96,7 @@ def held_out_results(run: Run) -> dict[str, dict[str, Any]]:
 def without_sources(data: str, held_out: str) -> str:
     """`data` with the held-out sources taken out (compared by resolved path); DataError when nothing
     or everything would be left."""
-    held = {Path(s.path).expanduser().resolve() for s in parse_sources(held_out)}
+    held = set(source_folders(held_out))
     sources = parse_sources(resolve_sources(data))
     kept = [s for s in sources if Path(s.path) not in held]  # all of them when it was left out from the start
     if not kept:

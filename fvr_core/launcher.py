@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import fcntl
 import os
-import signal
 import subprocess
 import sys
-import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,9 +20,11 @@ from typing import Iterator
 
 from .config import TrainConfig, check_limits
 from .dataset import parse_sources, resolve_sources
-from .runs import QUEUED, RUNNING, STOPPED, Run, RunError, RunStore, now_iso
+from .runs import QUEUED, RUNNING, STOPPED, Run, RunError, RunStore
+from .files import now_iso
 from . import settings
 from .settings import PROJECT_ROOT, AppLimits
+from .signals import stop_on_sigterm, terminated
 
 DEFAULT_MAX_CONCURRENT = 1
 
@@ -148,31 +148,6 @@ def _next_queued_within(store: RunStore, seconds: float):
     while (job := next_queued(store) or next_queued_search(store.root)) is None and time.monotonic() < deadline:
         time.sleep(0.1)
     return job
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM arrived (a platform stopping the app, `kill`): the trainer ends its run as stopped,
-    resumable, and a worker exits instead of taking the next queued run."""
-
-
-_terminated = threading.Event()
-
-
-def terminated() -> bool:
-    """Whether this process was sent SIGTERM (after stop_on_sigterm)."""
-    return _terminated.is_set()
-
-
-def stop_on_sigterm() -> None:
-    """Turn SIGTERM into Terminated (a KeyboardInterrupt), so a terminated trainer ends its run as
-    stopped, and remember it, so a worker leaves the rest of the queue to the next worker."""
-
-    def handler(signum, frame):
-        _terminated.set()
-        raise Terminated("SIGTERM: this process was asked to end")
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, handler)
 
 
 def prewarm(runs_root: str | Path | None = None, max_concurrent: int = DEFAULT_MAX_CONCURRENT, idle_seconds: float = 120.0) -> subprocess.Popen:

@@ -10,7 +10,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .runs import COMPLETED, DIVERGED, Run, RunError, atomic_write_json, now_iso, read_json
+from .runs import COMPLETED, DIVERGED, Run, RunError
+from .files import atomic_write_json, now_iso, read_json
 from .settings import portable_data_path, reference_root
 
 # what a reader of a finished run uses; the rest (last.*, last_state.pt, heartbeat, claimed) is training's

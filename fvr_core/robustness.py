@@ -116,7 +116,7 @@ def evaluate_robustness(
     `temperature`; None takes the run's calibration.json when it has one, else 1. `on_progress`
     is called before each pass with (passes done, passes in all, the pass's label).
     """
-    from .runs import atomic_write_json, now_iso
+    from .files import atomic_write_json, now_iso
     from .calibration import run_split_logits
     from .evaluation import load_run_model_and_data, run_split_indices
 
@@ -170,7 +170,7 @@ def robustness_seconds(run, corruptions: Sequence[str] | None = None) -> float |
 def load_robustness(run) -> dict[str, Any] | None:
     """The run's robustness.json (run, split, checkpoint, temperature, ..., and the table under
     "rows"), or None when it has none."""
-    from .runs import read_json
+    from .files import read_json
 
     report = read_json(run.path / ROBUSTNESS_FILE)
     return report if isinstance(report, dict) and isinstance(report.get("rows"), list) else None

@@ -25,15 +25,15 @@ import secrets
 import shutil
 import signal
 import socket
-import tempfile
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from . import settings
 from .config import TrainConfig
+from .files import atomic_write_json, atomic_write_text, crash_due, now_iso, read_json, read_jsonl
 
 QUEUED, RUNNING, COMPLETED, STOPPED, DIVERGED, FAILED, INTERRUPTED, PRUNED = (
     "queued", "running", "completed", "stopped", "diverged", "failed", "interrupted", "pruned",
@@ -47,76 +47,6 @@ STALE_AFTER_SECONDS = 60.0  # a heartbeat this old means the process is gone (e.
 
 class RunError(ValueError):
     """A run cannot be found or used as asked."""
-
-
-# For the crash tests (tests/test_crashes.py) only: FVR_TEST_KILL_AT="<point>:<n>" makes the process
-# kill itself (SIGKILL) the n-th time it reaches the named point. Unset, a point costs one check.
-_KILL_AT = os.environ.get("FVR_TEST_KILL_AT", "")
-_points_reached: dict[str, int] = {}
-
-
-def crash_due(point: str) -> bool:
-    """True the n-th time `point` is reached when FVR_TEST_KILL_AT is "<point>:<n>" (crash tests)."""
-    if not _KILL_AT:
-        return False
-    name, _, n = _KILL_AT.partition(":")
-    if name != point:
-        return False
-    _points_reached[point] = _points_reached.get(point, 0) + 1
-    return _points_reached[point] == int(n or 1)
-
-
-def crash_point(point: str) -> None:
-    """Die here, as a killed process would, when the crash tests ask for it."""
-    if crash_due(point):
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write to a temporary file beside `path`, flush to disk, then rename over it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, default=str))
-
-
-def read_json(path: Path, default: Any = None) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return default
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """Every complete line of a JSON-lines file; a partial last line (being written) is skipped."""
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return []
-    rows = []
-    for line in text.split("\n")[:-1]:  # the piece after the last newline is incomplete
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
 
 
 def _process_start_time(pid: int) -> str | None:

@@ -25,17 +25,16 @@ import math
 import os
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
 from . import settings
 from .config import ConfigError, TrainConfig, check_limits, coerce, config_fields
-from .runs import (
-    COMPLETED, DIVERGED, FAILED, INTERRUPTED, PRUNED, QUEUED, RUNNING, STOPPED, Run, RunError, RunStore,
-    atomic_write_json, now_iso, own_process_identity, process_alive, read_json,
-)
+from .dataset import resolve_sources
+from .runs import COMPLETED, DIVERGED, FAILED, INTERRUPTED, PRUNED, QUEUED, RUNNING, STOPPED, Run, RunError, RunStore, own_process_identity, process_alive
+from .files import atomic_write_json, now_iso, read_json
 
 SEARCHES_FOLDER = "searches"
 DEFAULT_TRIALS = 6  # also demo mode's cap (settings.AppLimits.max_trials)
@@ -411,7 +410,7 @@ class SearchStore:
     def create(self, spec: SearchSpec, limits: settings.AppLimits | None = None) -> Search:
         spec.validate(limits)
         if spec.base.data:
-            spec.base = spec.base.replace(data=str(Path(spec.base.data).expanduser().resolve()))
+            spec.base = spec.base.replace(data=resolve_sources(spec.base.data))
         self.root.mkdir(parents=True, exist_ok=True)
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         while True:
@@ -456,7 +455,7 @@ def run_search(search: Search, cpu_share: int = 1, progress: Callable[[str, dict
     """Run `search`'s remaining trials in this process, one after another; returns its final
     state (completed, or stopped when asked). Resumes a search whose process was killed: its
     interrupted trial's run goes on from its last checkpoint."""
-    from .launcher import stop_on_sigterm
+    from .signals import stop_on_sigterm
 
     stop_on_sigterm()
     progress = progress or (lambda event, info: None)

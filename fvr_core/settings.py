@@ -92,6 +92,16 @@ def _env_float(name: str, default: float) -> float:
         raise ValueError(f"environment variable {name}={value!r} must be a number") from None
 
 
+@dataclass
+class ArchiveLimits:
+    """What extracting one zip may take (fvr_core.archive)."""
+
+    max_files: int = 20_000  # files extracted
+    max_total_bytes: int = 2 * 1024**3  # sum of uncompressed sizes of the files extracted
+    max_file_bytes: int = 64 * 1024**2
+    max_ratio: float = 200.0  # uncompressed/compressed per entry (zip bomb)
+
+
 @dataclass(frozen=True)
 class AppLimits:
     """What visitors of the dashboard may do. The defaults trust the user (a local install); demo
@@ -127,10 +137,8 @@ class AppLimits:
             return f"{name} is {size / 1024**2:.1f} MB: this app takes files up to {self.max_upload_mb} MB; send a smaller one"
         return None
 
-    def archive_limits(self):
-        """fvr_core.archive.ArchiveLimits for an uploaded zip: at most max_extracted_mb unpacked."""
-        from .archive import ArchiveLimits
-
+    def archive_limits(self) -> ArchiveLimits:
+        """ArchiveLimits for an uploaded zip: at most max_extracted_mb unpacked."""
         defaults = ArchiveLimits()
         total = self.max_extracted_mb * 1024**2
         return ArchiveLimits(max_total_bytes=min(defaults.max_total_bytes, total), max_file_bytes=min(defaults.max_file_bytes, total))

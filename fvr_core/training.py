@@ -11,7 +11,6 @@ import csv
 import errno
 import io
 import math
-import os
 import shutil
 import tempfile
 import threading
@@ -31,14 +30,13 @@ from .augment import BatchAugmenter, normalize, random_crop
 from .calibration import calibration_from_logits, save_calibration
 from .checkpoint import is_reconstructed_cnn, load_checkpoint, load_training_state, save_checkpoint
 from .config import TrainConfig
+from .devices import autocast_dtype, configure_threads, resolve_device, use_channels_last
 from .dataset import load_dataset, per_source_recall, require_trainable, resolve_sources, split_ids
 from .evaluation import classification_metrics, predict_logits, prob_fake_from_logits
-from .launcher import Terminated, stop_on_sigterm  # noqa: F401  (stop_on_sigterm: the CLI's and notebooks' import path)
+from .signals import Terminated
 from .models import build_model, get_spec
-from .runs import (
-    COMPLETED, DIVERGED, FAILED, HEARTBEAT_SECONDS, INTERRUPTED, PRUNED, RUNNING, STOPPED,
-    Run, RunError, RunStore, atomic_write_json, atomic_write_text, crash_point, now_iso, own_process_identity,
-)
+from .runs import COMPLETED, DIVERGED, FAILED, HEARTBEAT_SECONDS, INTERRUPTED, PRUNED, RUNNING, STOPPED, Run, RunError, RunStore, own_process_identity
+from .files import atomic_file, atomic_write_json, atomic_write_text, crash_point, now_iso
 from .settings import CLASSES
 
 ProgressFn = Callable[[str, dict], None]
@@ -61,38 +59,6 @@ class _Diverged(Exception):
     def __init__(self, step: int, what: str):
         super().__init__(f"training diverged at step {step}: {what}")
         self.step = step
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' picks cuda, then mps, then cpu; an explicit device that is missing is an error."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device=cuda was asked for but no CUDA GPU is available: use device=auto or cpu")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise RuntimeError("device=mps was asked for but Apple's MPS is not available: use device=auto or cpu")
-    return torch.device(name)
-
-
-def configure_threads(threads: int, share: int = 1) -> int:
-    """Use `threads` CPU threads for torch (0 = this process's share of the cores, when `share`
-    trainers run side by side); returns the number set."""
-    n = threads or max(1, (os.cpu_count() or 1) // max(1, share))
-    torch.set_num_threads(n)
-    return n
-
-
-def _autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
-    on = config.mixed_precision == "on" or (config.mixed_precision == "auto" and device.type == "cuda")
-    return torch.bfloat16 if on else None
-
-
-def _channels_last(config: TrainConfig, device: torch.device) -> bool:
-    return config.channels_last == "on" or (config.channels_last == "auto" and device.type in ("cuda", "cpu"))
 
 
 def _lr_factor(config: TrainConfig, steps_per_epoch: int, total_steps: int) -> Callable[[int], float]:
@@ -212,7 +178,7 @@ class Trainer:
         if self.device.type == "cuda" and self.dist.enabled:
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.threads = configure_threads(config.threads, self.cpu_share) if self.device.type == "cpu" else torch.get_num_threads()
-        self.autocast_dtype = _autocast_dtype(config, self.device)
+        self.autocast_dtype = autocast_dtype(config, self.device)
         torch.manual_seed(config.seed)
         self.progress("phase", {"phase": "loading data"})
         self.data = load_dataset(config.data, config.image_size, progress=lambda d, t: self.progress("decode", {"done": d, "total": t}))
@@ -232,7 +198,7 @@ class Trainer:
 
         spec = get_spec(config.model)
         self.model = build_model(config.model, pretrained=config.pretrained).to(self.device)
-        if _channels_last(config, self.device):
+        if use_channels_last(config, self.device):
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = _make_optimizer(config, self.model, self.device)
         shard_size = math.ceil(len(train_idx) / self.dist.world_size)
@@ -522,16 +488,8 @@ class Trainer:
         self.progress("epoch", row)
 
     def _save_state(self, state: dict[str, Any]) -> None:
-        tmp = self.run.path / ".last_state.pt.tmp"
-        try:
+        with atomic_file(self.run.path / "last_state.pt", crash_before_rename="state") as tmp:
             torch.save(state, tmp)
-            with open(tmp, "rb") as fh:
-                os.fsync(fh.fileno())
-            crash_point("state")
-            os.replace(tmp, self.run.path / "last_state.pt")
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
 
     def _checkpoint_meta(self, epoch: int, metrics: dict) -> dict[str, Any]:
         return {
@@ -597,18 +555,24 @@ def _failure(exc: BaseException, run: Run) -> dict[str, str]:
     return {"message": f"{type(exc).__name__}: {exc}", "hint": ""}
 
 
-def train(config: TrainConfig, runs_dir: str | Path | None = None, progress: ProgressFn | None = None) -> Run:
+def train(config: TrainConfig, runs_dir: str | Path | None = None, progress: ProgressFn | None = None,
+          on_created: Callable[[Run], None] | None = None) -> Run:
     """Create a run for `config` under `runs_dir` and train it here; returns the finished run
-    (its status says completed, stopped, diverged or failed). Under torchrun, every process
-    calls this with the same arguments and they train one run together (see distributed.py)."""
+    (its status says completed, stopped, diverged or failed). `on_created` is called with the new
+    run before training starts (on rank 0 only). Under torchrun, every process calls this with the
+    same arguments and they train one run together (see distributed.py)."""
     config = config.replace(data=resolve_sources(config.data)) if config.data else config
     context = distributed.from_environment()
     if not context.enabled:
         run = RunStore(runs_dir).create(config)
+        if on_created:
+            on_created(run)
         return Trainer(run, progress).fit()
     distributed.init(context)
     try:
         run = RunStore(runs_dir).create(config) if context.is_main else None
+        if run is not None and on_created:
+            on_created(run)
         run_path = distributed.broadcast_object(str(run.path) if run else None, context)
         config = TrainConfig.from_dict(distributed.broadcast_object(config.to_dict(), context))
         with _scratch_run_unless_main(context, run_path, config=config) as own:

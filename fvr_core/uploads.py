@@ -23,7 +23,7 @@ from pathlib import Path
 
 from . import settings
 from .archive import COMPLETE_MARKER, ArchiveSource, extract_dataset_zip
-from .dataset import DataError
+from .dataset import DataError, source_folders
 from .settings import AppLimits
 
 SESSIONS = "sessions"
@@ -154,7 +154,7 @@ def _in_use(runs_dir: str | Path | None = None) -> list[Path]:
     for run in RunStore(runs_dir).list():
         if run.state in ACTIVE_STATES:
             try:
-                used.append(Path(run.config.data).resolve())
+                used += source_folders(run.config.data)
             except Exception:  # a damaged config names no data
                 continue
     return used

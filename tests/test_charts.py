@@ -13,7 +13,8 @@ from fvr_core.charts import (confusion_figure, log_ticks, probability_figure, ro
                              wrap_title)
 from fvr_core.compare import default_comparison, readable_table
 from fvr_core.config import TrainConfig
-from fvr_core.runs import COMPLETED, RunStore, atomic_write_json
+from fvr_core.runs import COMPLETED, RunStore
+from fvr_core.files import atomic_write_json
 
 
 def a_run(steps: int, epochs: int = 0):

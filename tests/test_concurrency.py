@@ -20,7 +20,8 @@ from PIL import Image
 from conftest import REPO, make_class_folders
 from fvr_core.config import TrainConfig
 from fvr_core.launcher import launch, wait
-from fvr_core.runs import COMPLETED, RunError, RunStore, read_jsonl
+from fvr_core.runs import COMPLETED, RunError, RunStore
+from fvr_core.files import read_jsonl
 from fvr_core.settings import AppLimits
 
 SUMMARY: dict[str, str] = {}  # what each test held, for the summary line the last one prints

@@ -6,7 +6,7 @@ disk while a checkpoint is written fails the run with what to do and keeps the l
 the Streamlit server restarted while a run trains leaves the run training, and the new server's
 Train page re-attaches to it.
 
-The named points are `runs.crash_point` calls (FVR_TEST_KILL_AT="<point>:<n>" kills the process the
+The named points are `files.crash_point` calls (FVR_TEST_KILL_AT="<point>:<n>" kills the process the
 n-th time it gets there); "checkpoint-temp", inside checkpoint.save_checkpoint, is set up by this
 file in the child process instead."""
 
@@ -35,7 +35,8 @@ from conftest import REPO, write_image
 from fvr_core.checkpoint import load_checkpoint
 from fvr_core.config import TrainConfig
 from fvr_core.launcher import launch, resume_in_background, wait
-from fvr_core.runs import COMPLETED, FAILED, INTERRUPTED, RUNNING, Run, RunStore, process_alive, read_jsonl
+from fvr_core.runs import COMPLETED, FAILED, INTERRUPTED, RUNNING, Run, RunStore, process_alive
+from fvr_core.files import read_jsonl
 from fvr_core.training import Trainer, resume, train
 
 # for the summary: what each kill left and the largest difference in a test probability from the
