@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .augment_levels import AUGMENTATIONS, AugmentSpec  # noqa: F401  (re-exported)
+from .augment_levels import AUGMENTATIONS
 from .settings import IMAGENET_MEAN, IMAGENET_STD
 
 

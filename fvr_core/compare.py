@@ -14,7 +14,7 @@ import pandas as pd
 
 from .config import split_sources
 from .metrics import classification_metrics, roc_curve
-from .runs import COMPLETED, STOPPED, Run, RunError, RunStore, all_runs  # noqa: F401  (all_runs: re-exported)
+from .runs import COMPLETED, STOPPED, Run, RunError
 from .settings import CLASSES, FAKE
 
 # Validation accuracy the original write-up reported on the Kaggle set (700 StyleGAN2 fakes vs 589

@@ -12,7 +12,7 @@ from torch import nn
 
 from .augment import normalize
 from .dataset import per_source_recall
-from .metrics import classification_metrics, roc_auc, roc_curve  # noqa: F401  (this module's API before metrics.py)
+from .metrics import classification_metrics
 from .settings import CLASSES, FAKE, beside_project
 
 

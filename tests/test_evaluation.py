@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fvr_core.evaluation import classification_metrics, roc_auc, roc_curve
+from fvr_core.metrics import classification_metrics, roc_auc, roc_curve
 
 FAKE, REAL = 0, 1
 

@@ -54,6 +54,20 @@ def test_large_weights_ship_in_fp16_or_not_at_all(run, tmp_path):
     assert bare.test_metrics() == run.test_metrics()  # Compare still shows it
 
 
+def test_an_fp16_export_keeps_small_tensors_in_fp32_when_they_fit(tmp_path):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from fvr_core.reference import KEEP_FP32_BELOW, _write_weights
+
+    large, small = torch.randn(KEEP_FP32_BELOW), torch.full((100,), 1e-5) + torch.rand(100) * 1e-3
+    save_file({"conv": large, "scale": small}, str(tmp_path / "fp32.safetensors"))
+    fp32_mb = (tmp_path / "fp32.safetensors").stat().st_size / 1e6
+    assert _write_weights(tmp_path / "fp32.safetensors", tmp_path / "mixed.safetensors", fp32_mb * 0.6) == "fp16"
+    mixed = load_file(str(tmp_path / "mixed.safetensors"))
+    assert mixed["conv"].dtype == torch.float16 and torch.equal(mixed["scale"], small)
+
+
 def test_only_completed_runs_ship(run, tmp_path):
     queued = RunStore(tmp_path / "runs").create(run.config)
     with pytest.raises(RunError, match="only completed or diverged runs"):
