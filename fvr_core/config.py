@@ -17,6 +17,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("none", "cosine", "onecycle")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "on", "off")
+CHANNELS_LAST_CHOICES = ("auto", "on", "off")  # not PRECISIONS: a memory layout may gain a choice a precision has not
 CLASS_WEIGHTS = ("none", "balanced")
 # the validation metric that picks the best checkpoint and drives early stopping
 SELECT_METRICS = ("val_loss", "val_balanced_accuracy", "val_roc_auc")
@@ -60,7 +61,7 @@ class TrainConfig:
     split: tuple[float, float, float] = _field((0.6, 0.2, 0.2), "train/val/test fractions")
     device: str = _field("auto", "training device (auto: cuda, then mps, then cpu)", DEVICES)
     mixed_precision: str = _field("auto", "bf16 autocast (auto: on for CUDA, off on CPU)", PRECISIONS)
-    channels_last: str = _field("auto", "channels-last memory layout for convolutions (auto: on for CUDA and CPU)", PRECISIONS)
+    channels_last: str = _field("auto", "channels-last memory layout for convolutions (auto: on for CUDA and CPU)", CHANNELS_LAST_CHOICES)
     compile: bool = _field(False, "torch.compile the model: faster steps after a compilation of tens of seconds")
     select_metric: str = _field("val_loss", "validation metric that picks the best checkpoint and drives early stopping "
                                             "(ties go to the lower validation loss)", SELECT_METRICS)

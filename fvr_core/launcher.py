@@ -268,12 +268,6 @@ def stop(run: Run, limits: AppLimits | None = None, owner: str | None = None) ->
         run.write_status(STOPPED, message="stopped before it started", ended=now_iso())
 
 
-def queue_position(run: Run, store: RunStore) -> int | None:
-    """1 for the next queued run, 2 for the one after, ...; None if `run` is not queued."""
-    queued = sorted((r.id for r in store.list(state=QUEUED)), reverse=False)
-    return queued.index(run.id) + 1 if run.id in queued else None
-
-
 def wait(run: Run, timeout: float = 3600.0, poll: float = 0.2) -> str:
     """Block until `run` leaves the queued/running states; returns its final state."""
     deadline = time.time() + timeout
