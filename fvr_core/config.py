@@ -276,6 +276,31 @@ def preset_settings(name: str, model: str | None = None) -> dict[str, Any]:
     return settings
 
 
+def within_limits(values: dict[str, Any], limits: Any) -> dict[str, Any]:
+    """`values` (TrainConfig field names to values) with each that check_limits would refuse under
+    `limits` (an `fvr_core.settings.AppLimits`) brought within them: epochs and image_size capped,
+    a model the app does not offer replaced by the first it does, pretrained off where downloads are."""
+    values = dict(values)
+    if "epochs" in values:
+        values["epochs"] = min(values["epochs"], limits.max_epochs)
+    if "image_size" in values:
+        values["image_size"] = min(values["image_size"], limits.max_image_size)
+    if "model" in values and not limits.allows_model(values["model"]):
+        values["model"] = next((m for m in MODELS if limits.allows_model(m)), values["model"])
+    if limits.demo and values.get("pretrained"):
+        values["pretrained"] = False
+    return values
+
+
+def preset_settings_within(name: str, model: str, limits: Any) -> dict[str, Any]:
+    """Every TrainConfig setting of preset `name` for `model` (TrainConfig's defaults, `model`
+    unless the preset names its own, and the preset's changes), within `limits` (within_limits):
+    a preset, written for any machine, never asks a capped app for more than it allows."""
+    if not limits.allows_model(model):  # first, so a setting that depends on the model follows the one trained
+        model = within_limits({"model": model}, limits)["model"]
+    return within_limits({**TrainConfig().to_dict(), "model": model, **preset_settings(name, model)}, limits)
+
+
 # the four models of the original write-up, in its order ("Train all four")
 ORIGINAL_MODELS = ("cnn", "resnet18", "vgg19", "vgg19_bn")
 
