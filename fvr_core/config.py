@@ -17,6 +17,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("none", "cosine", "onecycle")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "on", "off")
+CHANNELS_LAST_CHOICES = ("auto", "on", "off")  # not PRECISIONS: a memory layout may gain a choice a precision has not
 CLASS_WEIGHTS = ("none", "balanced")
 # the validation metric that picks the best checkpoint and drives early stopping
 SELECT_METRICS = ("val_loss", "val_balanced_accuracy", "val_roc_auc")
@@ -60,7 +61,7 @@ class TrainConfig:
     split: tuple[float, float, float] = _field((0.6, 0.2, 0.2), "train/val/test fractions")
     device: str = _field("auto", "training device (auto: cuda, then mps, then cpu)", DEVICES)
     mixed_precision: str = _field("auto", "bf16 autocast (auto: on for CUDA, off on CPU)", PRECISIONS)
-    channels_last: str = _field("auto", "channels-last memory layout for convolutions (auto: on for CUDA and CPU)", PRECISIONS)
+    channels_last: str = _field("auto", "channels-last memory layout for convolutions (auto: on for CUDA and CPU)", CHANNELS_LAST_CHOICES)
     compile: bool = _field(False, "torch.compile the model: faster steps after a compilation of tens of seconds")
     select_metric: str = _field("val_loss", "validation metric that picks the best checkpoint and drives early stopping "
                                             "(ties go to the lower validation loss)", SELECT_METRICS)
@@ -273,6 +274,31 @@ def preset_settings(name: str, model: str | None = None) -> dict[str, Any]:
     if name == "Original recipe" and model is not None:
         settings["batch_size"] = ORIGINAL_BATCH_SIZES.get(model, settings["batch_size"])
     return settings
+
+
+def within_limits(values: dict[str, Any], limits: Any) -> dict[str, Any]:
+    """`values` (TrainConfig field names to values) with each that check_limits would refuse under
+    `limits` (an `fvr_core.settings.AppLimits`) brought within them: epochs and image_size capped,
+    a model the app does not offer replaced by the first it does, pretrained off where downloads are."""
+    values = dict(values)
+    if "epochs" in values:
+        values["epochs"] = min(values["epochs"], limits.max_epochs)
+    if "image_size" in values:
+        values["image_size"] = min(values["image_size"], limits.max_image_size)
+    if "model" in values and not limits.allows_model(values["model"]):
+        values["model"] = next((m for m in MODELS if limits.allows_model(m)), values["model"])
+    if limits.demo and values.get("pretrained"):
+        values["pretrained"] = False
+    return values
+
+
+def preset_settings_within(name: str, model: str, limits: Any) -> dict[str, Any]:
+    """Every TrainConfig setting of preset `name` for `model` (TrainConfig's defaults, `model`
+    unless the preset names its own, and the preset's changes), within `limits` (within_limits):
+    a preset, written for any machine, never asks a capped app for more than it allows."""
+    if not limits.allows_model(model):  # first, so a setting that depends on the model follows the one trained
+        model = within_limits({"model": model}, limits)["model"]
+    return within_limits({**TrainConfig().to_dict(), "model": model, **preset_settings(name, model)}, limits)
 
 
 # the four models of the original write-up, in its order ("Train all four")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -257,11 +257,3 @@ def count_images(data: str | Path) -> dict[str, object]:
             counts[CLASSES[record.label]] += 1
         layouts.append(f"{root.name}: {report.layout}")
     return {**counts, "total": sum(counts.values()), "layout": "; ".join(layouts)}
-
-
-def describe_counts(counts: dict[str, int]) -> str:
-    return ", ".join(f"{n} {name}" for name, n in counts.items())
-
-
-def image_paths(root: Path, ids: Iterable[str]) -> list[Path]:
-    return [root / i for i in ids]

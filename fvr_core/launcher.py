@@ -9,7 +9,6 @@ processes write one run folder.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import subprocess
 import sys
@@ -17,6 +16,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+from filelock import FileLock, Timeout
 
 from .config import TrainConfig, check_limits
 from .dataset import parse_sources, resolve_sources
@@ -74,8 +75,9 @@ def _queue_lock(runs_root: Path) -> Iterator[None]:
     """Hold the root's queue lock, so counting the active runs and queueing one is one step: sessions
     pressing Train at the same moment cannot together pass the queue's cap."""
     runs_root.mkdir(parents=True, exist_ok=True)
-    with open(runs_root / ".queue.lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)  # released when the file closes (or its process dies)
+    # an OS lock (flock, or msvcrt on Windows), not a soft lock file: a process killed while holding it
+    # leaves no stale lock behind to block every later launch
+    with FileLock(runs_root / ".queue.lock"):
         yield
 
 
@@ -112,20 +114,20 @@ def start_worker(runs_root: Path, max_concurrent: int = DEFAULT_MAX_CONCURRENT, 
 def _slot(runs_root: Path, max_concurrent: int) -> Iterator[bool]:
     """Hold one of the root's slot locks, or yield False if all are taken. The OS frees a lock
     when its process dies, so a killed worker never blocks the queue."""
-    handles = []
+    held = None
     try:
         for i in range(max_concurrent):
-            fh = open(runs_root / f".worker-slot-{i}.lock", "w")
+            lock = FileLock(runs_root / f".worker-slot-{i}.lock")
             try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                handles.append(fh)
+                lock.acquire(timeout=0)  # a busy slot is another worker's: try the next, never wait
+                held = lock
                 break
-            except BlockingIOError:
-                fh.close()
-        yield bool(handles)
+            except Timeout:
+                continue
+        yield held is not None
     finally:
-        for fh in handles:
-            fh.close()
+        if held is not None:
+            held.release()
 
 
 def next_queued(store: RunStore) -> Run | None:
@@ -239,12 +241,6 @@ def stop(run: Run, limits: AppLimits | None = None, owner: str | None = None) ->
     run.request_stop()
     if run.state == QUEUED and run.claim():
         run.write_status(STOPPED, message="stopped before it started", ended=now_iso())
-
-
-def queue_position(run: Run, store: RunStore) -> int | None:
-    """1 for the next queued run, 2 for the one after, ...; None if `run` is not queued."""
-    queued = sorted((r.id for r in store.list(state=QUEUED)), reverse=False)
-    return queued.index(run.id) + 1 if run.id in queued else None
 
 
 def wait(run: Run, timeout: float = 3600.0, poll: float = 0.2) -> str:

@@ -1,5 +1,5 @@
-"""Metrics of a fake-vs-real detector from labels and probabilities (numpy only, so tables and
-charts load without torch).
+"""Metrics of a fake-vs-real detector from labels and probabilities (numpy, and scikit-learn for
+the ROC, so tables and charts load without torch).
 
 "Positive" means fake throughout (the detector's job is to catch fakes): precision is the share
 of images called fake that are fake, recall the share of fakes caught.
@@ -7,6 +7,7 @@ of images called fake that are fake, recall the share of fakes caught.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Sequence
 
 import numpy as np
@@ -15,36 +16,30 @@ from .settings import CLASSES, FAKE
 
 
 def roc_auc(is_fake: np.ndarray, prob_fake: np.ndarray) -> float | None:
-    """Area under the ROC curve (Mann-Whitney U with ties counted half); None with one class only."""
+    """Area under the ROC curve (ties count half); None with one class only."""
+    from sklearn.metrics import roc_auc_score  # imported on first use: torch-free pages start faster without it
+
     is_fake = np.asarray(is_fake, dtype=bool)
-    scores = np.asarray(prob_fake, dtype=np.float64)
-    n_pos, n_neg = int(is_fake.sum()), int((~is_fake).sum())
-    if n_pos == 0 or n_neg == 0:
+    if is_fake.all() or not is_fake.any():
         return None
-    order = np.argsort(scores, kind="mergesort")
-    ranks = np.empty(len(scores), dtype=np.float64)
-    sorted_scores = scores[order]
-    # average ranks over ties
-    boundaries = np.flatnonzero(np.diff(sorted_scores)) + 1
-    starts = np.concatenate(([0], boundaries))
-    ends = np.concatenate((boundaries, [len(scores)]))
-    for start, end in zip(starts, ends):
-        ranks[order[start:end]] = (start + end + 1) / 2.0
-    return float((ranks[is_fake].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+    return float(roc_auc_score(is_fake, np.asarray(prob_fake, dtype=np.float64)))
 
 
 def roc_curve(is_fake: np.ndarray, prob_fake: np.ndarray) -> dict[str, list[float]]:
-    """False- and true-positive rates at every threshold, for plotting."""
+    """False- and true-positive rates at every threshold (the first one inf: nothing called fake),
+    for plotting. With one class only, the other class's rate is 0 throughout."""
+    from sklearn.exceptions import UndefinedMetricWarning  # imported on first use, as in roc_auc
+    from sklearn.metrics import roc_curve as sklearn_roc_curve
+
     is_fake = np.asarray(is_fake, dtype=bool)
-    scores = np.asarray(prob_fake, dtype=np.float64)
-    thresholds = np.unique(scores)[::-1]
-    n_pos, n_neg = max(1, int(is_fake.sum())), max(1, int((~is_fake).sum()))
-    fpr, tpr = [0.0], [0.0]
-    for t in thresholds:
-        called = scores >= t
-        tpr.append(float((called & is_fake).sum() / n_pos))
-        fpr.append(float((called & ~is_fake).sum() / n_neg))
-    return {"fpr": fpr, "tpr": tpr, "thresholds": [float("inf"), *map(float, thresholds)]}
+    if not len(is_fake):
+        return {"fpr": [0.0], "tpr": [0.0], "thresholds": [float("inf")]}
+    with warnings.catch_warnings():
+        # one class only: scikit-learn warns and gives the missing class's rate as NaN; 0 still draws a curve
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        fpr, tpr, thresholds = sklearn_roc_curve(is_fake, np.asarray(prob_fake, dtype=np.float64), pos_label=True,
+                                                 drop_intermediate=False)
+    return {"fpr": np.nan_to_num(fpr).tolist(), "tpr": np.nan_to_num(tpr).tolist(), "thresholds": thresholds.tolist()}
 
 
 def classification_metrics(labels: Sequence[int], prob_fake: Sequence[float], threshold: float = 0.5) -> dict[str, Any]:

@@ -50,30 +50,44 @@ class RunError(ValueError):
 
 
 def _process_start_time(pid: int) -> str | None:
+    """When `pid` started (psutil's create_time, Unix seconds, as a string); None when no such process
+    runs, has finished (a zombie) or cannot be inspected."""
+    import psutil
+
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        process = psutil.Process(pid)
+        if process.status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
+            return None
+        return repr(process.create_time())
+    except psutil.Error:
         return None
-    fields = stat[stat.rindex(")") + 2 :].split()
-    if fields[0] in ("Z", "X"):  # a zombie has finished
-        return None
-    return fields[19]
 
 
 def process_alive(pid: int | None, start_time: str | None = None) -> bool:
     """True when `pid` runs on this host and, if known, is the same process (not a reused pid)."""
+    import psutil
+
     if not pid:
         return False
-    if Path("/proc").is_dir():
-        started = _process_start_time(pid)
-        return started is not None and (start_time is None or started == start_time)
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        process = psutil.Process(pid)
+        if process.status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):  # it has finished: its parent just hasn't reaped it
+            return False
+        started = process.create_time()
+    except psutil.AccessDenied:
+        return True  # another user's process: it exists, and who it is cannot be checked
+    except (psutil.Error, ValueError, TypeError):  # no such process, a zombie, or no valid pid at all
         return False
-    except PermissionError:
+    if start_time is None or "." not in str(start_time):
+        # no start recorded, or one written before psutil (/proc's clock ticks since boot, which psutil
+        # does not give): the pid alone decides, rather than calling a live run of an older version dead
         return True
-    return True
+    try:
+        # psutil's start is the boot time (wall clock, which NTP may nudge between two reads) plus the
+        # process's age since boot: two reads of one process's start may differ by a second or so
+        return abs(started - float(start_time)) <= 2.0
+    except ValueError:
+        return True  # not a start time of any version: as above, the pid decides
 
 
 def own_process_identity() -> dict[str, Any]:

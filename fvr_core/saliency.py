@@ -46,16 +46,6 @@ EMPTY_FRACTION = 1e-3
 # region, and drawn it is a red wash over the whole face (the small CNN's last block at 64 px)
 UNIFORM_SPREAD = 0.25
 
-# turbo colormap sampled at 17 points (from matplotlib's table); linear interpolation between them
-# stays within 0.03 of the full 256-entry table, and needs no matplotlib
-_TURBO = np.array([
-    [0.190, 0.072, 0.232], [0.251, 0.252, 0.634], [0.276, 0.421, 0.891], [0.259, 0.580, 0.999],
-    [0.158, 0.736, 0.923], [0.093, 0.866, 0.762], [0.197, 0.949, 0.595], [0.428, 0.994, 0.386],
-    [0.644, 0.990, 0.234], [0.805, 0.925, 0.205], [0.933, 0.812, 0.227], [0.993, 0.674, 0.203],
-    [0.984, 0.493, 0.128], [0.921, 0.315, 0.055], [0.816, 0.185, 0.018], [0.664, 0.084, 0.004],
-    [0.480, 0.016, 0.011],
-], dtype=np.float32)
-
 
 @dataclass(frozen=True)
 class SaliencyMap:
@@ -133,9 +123,10 @@ def overlay(image_uint8: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45) -
 
 def turbo(values: np.ndarray) -> np.ndarray:
     """Values in [0, 1] (clipped) -> RGB in [0, 1], shape (..., 3)."""
+    from matplotlib import colormaps  # imported on first use: pages that draw no heatmap start without matplotlib
+
     v = np.clip(np.asarray(values, dtype=np.float32), 0.0, 1.0)
-    knots = np.linspace(0.0, 1.0, len(_TURBO), dtype=np.float32)
-    return np.stack([np.interp(v, knots, _TURBO[:, c]) for c in range(3)], axis=-1).astype(np.float32)
+    return np.asarray(colormaps["turbo"](v))[..., :3].astype(np.float32)
 
 
 def _check_image(image: np.ndarray) -> np.ndarray:

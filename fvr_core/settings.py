@@ -9,7 +9,7 @@ from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -273,15 +273,22 @@ def worker_idle_seconds() -> float:
 DEFAULT_UNSURE_BAND: tuple[float, float] = (0.35, 0.65)
 
 
+def valid_unsure_band(band: Sequence[float]) -> tuple[float, float] | None:
+    """(low, high) as floats when 0 <= low <= 0.5 <= high <= 1, else None: a band without 0.5 would
+    call some photos real (or fake) that the model thinks more likely the other."""
+    low, high = (float(v) for v in band)
+    return (low, high) if 0.0 <= low <= 0.5 <= high <= 1.0 else None
+
+
 def parse_unsure_band(text: str, where: str = "unsure band") -> tuple[float, float]:
     """"low,high" -> (low, high); ValueError naming `where` unless 0 <= low <= 0.5 <= high <= 1."""
     try:
-        low, high = (float(v) for v in text.split(","))
+        band = valid_unsure_band(text.split(","))
     except ValueError:
         raise ValueError(f"{where} {text!r} must be two probabilities, e.g. 0.35,0.65") from None
-    if not 0.0 <= low <= 0.5 <= high <= 1.0:
+    if band is None:
         raise ValueError(f"{where} {text!r} must hold 0.5, within 0 to 1 (e.g. 0.35,0.65)")
-    return low, high
+    return band
 
 
 def unsure_band() -> tuple[float, float]:

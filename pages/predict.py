@@ -12,7 +12,7 @@ from fvr_core.images import thumbnail_data_uri as thumbnail_uri
 from fvr_core.datasources import resolve_user_folder
 from fvr_core.outside import OutsideError, labelled_photos, list_photos, unwrap
 from fvr_core.runs import RunError
-from fvr_core.settings import prediction_slot, unsure_band
+from fvr_core.settings import prediction_slot, unsure_band, valid_unsure_band
 from fvr_core.uploads import extract_upload
 from pages._common import accepted_uploads, demo_banner, heatmap_overlay, limits, predictor, prepared_photo, run_label, runs, session_id
 
@@ -63,7 +63,8 @@ show_saliency = options[3].toggle("Saliency maps", value=True,
                                   help="Grad-CAM: where in the face each model found the evidence for its answer")
 band = st.slider("Unsure band (calibrated probability of fake)", 0.0, 1.0, value=unsure_band(), step=0.05,
                  help="a probability inside this band is reported as unsure instead of fake or real")
-if not band[0] <= 0.5 <= band[1]:
+band = valid_unsure_band(band)
+if band is None:
     st.warning("The unsure band must contain 50 %: using the default.")
     band = unsure_band()
 

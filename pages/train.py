@@ -9,7 +9,7 @@ from fvr_core.augment import AUGMENTATIONS
 from fvr_core.charts import run_curves_figure
 from fvr_core.config import (CLASS_WEIGHTS, OPTIMIZERS, ORIGINAL_MODELS, ORIGINAL_RECIPE_DIFFERENCES, PRESET_NOTES, PRESETS,
                              SCHEDULES, SELECT_METRICS, ConfigError, TrainConfig, check_limits, config_fields, from_query_params,
-                             original_four, preset_settings, to_query_params)
+                             original_four, preset_settings_within, to_query_params, within_limits)
 from fvr_core.dataset import DataError, is_cached
 from fvr_core.datasources import dataset_title, split_sizes
 from fvr_core.estimate import estimate_run, estimate_runs, format_duration, speed_for
@@ -45,19 +45,18 @@ def _snap(value, choices):
 
 
 def fit_widgets(values: dict) -> dict:
-    """Values the widgets can show: numbers snapped to a slider's choices, capped by this app's limits."""
+    """Values (already within this app's limits) the widgets can show: numbers snapped to a
+    slider's choices or kept within its range."""
     values = dict(values)
     for key, choices in (("lr", LR_CHOICES), ("batch_size", BATCH_CHOICES), ("weight_decay", WEIGHT_DECAY_CHOICES),
                          ("grad_clip", CLIP_CHOICES), ("image_size", SIZE_CHOICES)):
         if key in values:
             values[key] = _snap(values[key], choices)
     if "epochs" in values:
-        values["epochs"] = max(1, min(values["epochs"], lim.max_epochs, 100))
+        values["epochs"] = max(1, min(values["epochs"], 100))
     for key, top in (("patience", 20), ("warmup_epochs", 5.0), ("label_smoothing", 0.3)):
         if key in values:
             values[key] = min(max(values[key], 0), top)
-    if values.get("model") not in MODEL_CHOICES and "model" in values:
-        values["model"] = MODEL_CHOICES[0]
     if "name" in values:
         values["name"] = str(values["name"])[:60]
     return values
@@ -67,8 +66,8 @@ FIRST_PRESET = "Quick look"  # a first visit starts from settings that finish in
 
 
 def preset_values(name: str, model: str) -> dict:
-    """Widget values from TrainConfig's defaults, a preset's changes, and this app's limits."""
-    return fit_widgets({**TrainConfig().to_dict(), "model": model, **preset_settings(name, model)})
+    """Widget values of a preset for `model`, within this app's limits."""
+    return fit_widgets(preset_settings_within(name, model, lim))
 
 
 def apply_preset(name: str) -> None:
@@ -82,7 +81,7 @@ def apply_preset(name: str) -> None:
 if "cfg_model" not in st.session_state:
     apply_preset(FIRST_PRESET)  # unless the link carries settings (a reload, a new tab, a shared link): those win
     linked, link_problems = from_query_params(st.query_params.to_dict(), FIELDS)
-    for key, value in fit_widgets(linked).items():
+    for key, value in fit_widgets(within_limits(linked, lim)).items():
         st.session_state[f"cfg_{key}"] = value
     if linked:
         st.session_state["applied_preset"] = None

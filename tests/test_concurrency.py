@@ -210,7 +210,7 @@ N_THREADS, ROUNDS = 20, 3
 
 
 def rss_mb() -> tuple[float, float]:
-    """(resident, peak resident) MB of this process, from /proc (psutil is not a dependency)."""
+    """(resident, peak resident) MB of this process, from /proc: the peak is reset there (reset_peak_rss), which psutil cannot do."""
     fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
     return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
 

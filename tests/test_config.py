@@ -64,3 +64,19 @@ def test_a_bad_link_is_reported_not_raised():
     assert values == {"batch_size": 16}  # data and tab are no settings of this page: left to their owners
     assert len(problems) == 4 and any("seed=-3" in p for p in problems) and any("epochs='many'" in p for p in problems) and any("model='gpt'" in p for p in problems)
     assert all("using the default" in p for p in problems)
+
+
+def test_a_preset_comes_back_within_the_apps_limits():
+    """Presets are written for any machine: a capped app gets each setting clamped to its limit."""
+    from fvr_core.config import check_limits, preset_settings, preset_settings_within
+    from fvr_core.settings import AppLimits
+
+    capped = AppLimits(demo=True, max_epochs=3, max_image_size=128, models=("cnn", "resnet18"))
+    values = preset_settings_within("Original recipe", "vgg19", capped)  # 30 epochs of vgg19 at 300 px, batch 8
+    assert (values["epochs"], values["image_size"], values["model"]) == (3, 128, "cnn")
+    assert values["batch_size"] == preset_settings("Original recipe", "cnn")["batch_size"] == 32  # the batch of the model trained
+    check_limits(TrainConfig.from_dict(values).validate(), capped)  # what the app allows, and a valid config
+    assert preset_settings_within("Quick look", "resnet18", capped)["epochs"] == 3  # 5 in the preset
+
+    free = preset_settings_within("Original recipe", "vgg19", AppLimits())  # within loose limits nothing changes
+    assert free == {**TrainConfig().to_dict(), "model": "vgg19", **preset_settings("Original recipe", "vgg19")}

@@ -56,6 +56,20 @@ def test_inside_the_unsure_band_there_is_no_verdict(run):
     assert predictor.predict([image], face_crop=False, unsure_band=(0.5, 0.5))[0].verdict == ("fake" if p > 0.5 else "real")
 
 
+
+def test_an_unsure_band_must_hold_one_half():
+    """One check for the Predict page's slider and FVR_UNSURE_BAND: a band without 0.5 would call
+    some photos the class the model thinks less likely."""
+    from fvr_core.settings import parse_unsure_band, valid_unsure_band
+
+    assert valid_unsure_band((0.35, 0.65)) == (0.35, 0.65) and valid_unsure_band([0.5, 0.5]) == (0.5, 0.5)
+    assert valid_unsure_band((0.6, 0.8)) is None and valid_unsure_band((-0.1, 0.6)) is None and valid_unsure_band((0.2, 1.1)) is None
+    assert parse_unsure_band("0.3, 0.7") == (0.3, 0.7)
+    with pytest.raises(ValueError, match="must hold 0.5"):
+        parse_unsure_band("0.6,0.8")
+    with pytest.raises(ValueError, match="two probabilities"):
+        parse_unsure_band("0.3")
+
 def test_mirror_augmentation_averages_the_photo_and_its_mirror(run):
     predictor = Predictor.from_run(run)
     image = Image.fromarray(np.concatenate([np.full((32, 16, 3), (200, 50, 50), np.uint8),

@@ -63,6 +63,16 @@ def test_running_run_of_a_dead_process_reads_as_interrupted(tmp_path):
     assert run.state == RUNNING
 
 
+
+def test_a_live_pid_with_another_start_is_a_reused_pid_unless_the_start_is_of_an_older_version(tmp_path):
+    run = make_run(RunStore(tmp_path))
+    me = own_process_identity()
+    run.write_status(RUNNING, pid=me["pid"], pid_start=repr(float(me["pid_start"]) - 3600.0), host=me["host"])
+    assert run.state == INTERRUPTED  # this pid now belongs to a process that started an hour later
+    # versions before psutil stored /proc's start in clock ticks since boot: not comparable, so the pid decides
+    run.write_status(RUNNING, pid=me["pid"], pid_start="123456", host=me["host"])
+    assert run.state == RUNNING
+
 def test_list_filters_and_get_by_prefix(tmp_path):
     store = RunStore(tmp_path)
     a = make_run(store, model="cnn")
