@@ -3,7 +3,6 @@ no training, metric or image logic here."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import streamlit as st
 

@@ -12,7 +12,7 @@ from fvr_core.compare import (ORIGINAL_WRITEUP_VAL_ACC, calibration_table, check
                               per_source_table, readable_table, robustness_table, table_csv, test_curves)
 from fvr_core.durations import format_duration
 from fvr_core.dataset import DataError
-from fvr_core.robustness import CORRUPTIONS, evaluate_robustness, load_robustness, robustness_seconds
+from fvr_core.robustness import evaluate_robustness, load_robustness, robustness_seconds
 from fvr_core.runs import ACTIVE_STATES, RunError, RunStore
 from pages._common import demo_banner, limits, run_label, runs, session_id
 

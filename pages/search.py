@@ -3,7 +3,6 @@ built from TrainConfig's fields, an estimate of the time, Start in the backgroun
 table of trials and Optuna's plotly figures as trials finish, and "Train the best settings"."""
 
 import secrets
-import time
 
 import streamlit as st
 
