@@ -30,21 +30,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from process_memory import reset_peak, rss_mb  # benchmarks/ is on the path when a benchmark runs
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def rss_mb() -> tuple[float, float]:
-    """(resident, peak resident) MB of this process."""
-    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
-    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
-
-
-def reset_peak() -> None:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
 
 
 def photo() -> tuple[bytes, str]:
@@ -54,7 +42,7 @@ def photo() -> tuple[bytes, str]:
     if shared.is_file():
         face, source = Image.open(shared).convert("RGB"), "a shared real face (300 px)"
     else:
-        from fvr_core.demo import make_demo_dataset
+        from fvr_core.data.demo import make_demo_dataset
 
         folder = make_demo_dataset(Path(tempfile.mkdtemp()) / "demo", per_class=1, size=256)
         face, source = Image.open(next((folder / "real").glob("*.jpg"))).convert("RGB"), "a synthetic demo face (256 px)"
@@ -66,8 +54,8 @@ def photo() -> tuple[bytes, str]:
 
 
 def predictor(model_name: str, size: int):
-    from fvr_core.models import build_model
-    from fvr_core.predict import Predictor
+    from fvr_core.models.registry import build_model
+    from fvr_core.inference.predict import Predictor
     from fvr_core.settings import CLASSES
 
     return Predictor(build_model(model_name, pretrained=False), {"image_size": size, "model": model_name, "classes": list(CLASSES)})
@@ -77,7 +65,7 @@ def predict_once(shared, data: bytes, face_crop: bool) -> tuple[float, list[dict
     """The page's work for one upload (no cache: every visitor's photo is new): seconds and rows."""
     from contextlib import nullcontext
 
-    from fvr_core.predict import predict_with_each, prepare_photo
+    from fvr_core.inference.predict import predict_with_each, prepare_photo
     from fvr_core.settings import prediction_slot
 
     slot = prediction_slot if os.environ["FVR_PAGE_PREDICTIONS"] != "0" else nullcontext

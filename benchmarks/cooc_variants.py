@@ -16,9 +16,9 @@ import numpy as np
 import torch
 
 from fvr_core import settings
-from fvr_core.augment import normalize
-from fvr_core.dataset import load_dataset, split_ids
-from fvr_core.forensic import COOC_ORDER, COOC_STEPS, COOC_T, Residuals
+from fvr_core.data.augment import normalize
+from fvr_core.data.dataset import load_dataset, split_ids
+from fvr_core.models.forensic import COOC_ORDER, COOC_STEPS, COOC_T, Residuals
 from fvr_core.metrics import classification_metrics
 from fvr_core.settings import FAKE
 

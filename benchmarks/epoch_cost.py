@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from fvr_core.config import PRESETS, preset_settings
-from fvr_core.models import build_model
+from fvr_core.models.registry import build_model
 
 TRAIN_IMAGES, VAL_IMAGES = 480, 160  # the shared set's 60/20/20 split of 800 images
 

@@ -1,8 +1,8 @@
-"""How close fvr_core.estimate's time estimates come to real training runs on this machine.
+"""How close fvr_core.training.estimate's time estimates come to real training runs on this machine.
 
 Five runs, one after the other, as a user would start them: each is estimated as the Train page
 does (estimate.speed_for: a finished run's real speed when one of the same model, image size and
-batch size exists, else a short measurement), then trained with fvr_core.training.train, and the
+batch size exists, else a short measurement), then trained with fvr_core.training.trainer.train, and the
 estimate is printed beside the wall time, with the range the page states. The estimate from a
 fresh measurement alone is printed too, for the runs whose estimate came from a finished run.
 Everything (decoded images, speed cache, runs) goes into a temporary folder, so the first run at
@@ -27,13 +27,13 @@ CASES = [("cnn", 64, 3), ("cnn", 64, 5), ("resnet18", 64, 2), ("resnet18", 64, 3
 def _data_folder(scratch: Path) -> Path:
     if (SHARED_FACES / "data.csv").is_file():
         return SHARED_FACES
-    from fvr_core.demo import make_demo_dataset
+    from fvr_core.data.demo import make_demo_dataset
 
     return make_demo_dataset(scratch / "demo", per_class=200, size=128)
 
 
 def _split_sizes(data: Path, config) -> dict[str, int]:
-    from fvr_core.dataset import scan_dataset, stratified_split
+    from fvr_core.data.dataset import scan_dataset, stratified_split
 
     _, records, _ = scan_dataset(data)
     split = stratified_split([r.label for r in records], config.split, config.seed)
@@ -49,9 +49,9 @@ def main() -> None:
         scratch = Path(tmp)
         os.environ["FVR_CACHE_DIR"] = str(scratch / "cache")  # before fvr_core reads it: a cold cache
         from fvr_core.config import TrainConfig
-        from fvr_core.estimate import estimate_run, format_range, measure_speed, speed_for
-        from fvr_core.runs import RunStore
-        from fvr_core.training import train
+        from fvr_core.training.estimate import estimate_run, format_range, measure_speed, speed_for
+        from fvr_core.runs.store import RunStore
+        from fvr_core.training.trainer import train
 
         data = _data_folder(scratch)
         store = RunStore(scratch / "runs")

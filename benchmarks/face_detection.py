@@ -2,7 +2,7 @@
 
 A detector that misses the faces of one class more often than the other's would turn "no face
 found" into a class signal, so the found rate is printed per class. The same run measures how the
-training images frame their face (the figures behind fvr_core.faces' FACE_MARGIN, FACE_RAISE and
+training images frame their face (the figures behind fvr_core.inference.faces' FACE_MARGIN, FACE_RAISE and
 LANDMARK_SIDE) and checks the chosen constants: each image is pasted off-centre into a larger grey
 canvas, face_crops cuts it back out, and the crop should coincide with the pasted image (IoU 1,
 side ratio 1). The check runs on the images the constants were measured on, so it verifies the
@@ -69,8 +69,8 @@ def _landmark_base(face) -> float:
 
 
 def _measure(path: Path, stats: ClassStats) -> None:
-    from fvr_core.faces import crop_box, detect_faces, face_crops
-    from fvr_core.images import load_rgb
+    from fvr_core.inference.faces import crop_box, detect_faces, face_crops
+    from fvr_core.data.images import load_rgb
 
     image = load_rgb(path)
     side = image.width
@@ -117,7 +117,7 @@ def _q(values, spread: bool = False) -> str:
 
 
 def _report(all_stats: dict[str, ClassStats]) -> None:
-    from fvr_core.faces import FACE_MARGIN, FACE_RAISE, LANDMARK_SIDE
+    from fvr_core.inference.faces import FACE_MARGIN, FACE_RAISE, LANDMARK_SIDE
 
     print(f"\n{'class':<6} {'images':>6} {'found':>6} {'rate':>7} {'canvas':>7} {'>1 face':>7} {'ms/img':>7} "
           f"{'img/box side':>21} {'box drop':>21} {'img/lm base':>21}")
@@ -148,7 +148,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)  # the figures are per image on one core, as a dashboard worker runs it
-    from fvr_core.faces import detect_faces
+    from fvr_core.inference.faces import detect_faces
 
     detect_faces(Image.new("RGB", (64, 64)))  # load the detector outside the timings
     started = time.perf_counter()

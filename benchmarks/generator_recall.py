@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from fvr_core.images import load_rgb
-from fvr_core.outside import list_photos
-from fvr_core.predict import Predictor
-from fvr_core.runs import RunStore
+from fvr_core.data.images import load_rgb
+from fvr_core.inference.outside import list_photos
+from fvr_core.inference.predict import Predictor
+from fvr_core.runs.store import RunStore
 
 
 def recall(predictor: Predictor, folder: Path, limit: int = 0, batch: int = 32) -> tuple[int, int, float]:

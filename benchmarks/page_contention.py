@@ -37,8 +37,8 @@ def _photo() -> bytes:
 
 
 def _predictor(model_name: str, size: int):
-    from fvr_core.models import build_model
-    from fvr_core.predict import Predictor
+    from fvr_core.models.registry import build_model
+    from fvr_core.inference.predict import Predictor
     from fvr_core.settings import CLASSES
 
     model = build_model(model_name, pretrained=False)
@@ -72,7 +72,7 @@ def _training_process(data: Path, runs: Path) -> subprocess.Popen:
 
 def _training_rate(runs: Path, since: float) -> float | None:
     """Training images/s of the background run over its step rows after `since`."""
-    from fvr_core.runs import RunStore
+    from fvr_core.runs.store import RunStore
 
     runs_list = RunStore(runs).list()
     if not runs_list:
@@ -92,7 +92,7 @@ def main() -> None:
         os.environ["FVR_CACHE_DIR"] = str(scratch / "cache")
         import torch
 
-        from fvr_core.demo import make_demo_dataset
+        from fvr_core.data.demo import make_demo_dataset
 
         data = make_demo_dataset(scratch / "demo", per_class=200, size=128)
         photo = _photo()

@@ -24,19 +24,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-
-
-def rss_mb() -> tuple[float, float]:
-    """(resident, peak resident) MB of this process."""
-    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
-    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
-
-
-def reset_peak() -> None:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
+from process_memory import reset_peak, rss_mb  # benchmarks/ is on the path when a benchmark runs
 
 
 def large_photo(seed: int, width: int, height: int) -> bytes:
@@ -85,9 +73,9 @@ def main() -> int:
     os.environ["FVR_REFERENCE_DIR"] = str(scratch / "no-reference")
 
     from fvr_core.config import TrainConfig
-    from fvr_core.demo import make_demo_dataset
+    from fvr_core.data.demo import make_demo_dataset
     from fvr_core.settings import bound_thread_memory
-    from fvr_core.training import train
+    from fvr_core.training.trainer import train
 
     bound_thread_memory()  # as streamlit_app.py does
     data = make_demo_dataset(scratch / "demo", per_class=20, size=64)

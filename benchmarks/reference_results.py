@@ -13,10 +13,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fvr_core.calibration import load_calibration
-from fvr_core.compare import smooth
-from fvr_core.reference import reference_info
-from fvr_core.runs import RunStore
+from fvr_core.inference.calibration import load_calibration
+from fvr_core.report.compare import smooth
+from fvr_core.runs.reference import reference_info
+from fvr_core.runs.store import RunStore
 from fvr_core.settings import reference_root
 
 

@@ -1,8 +1,8 @@
-"""Time per Grad-CAM map (fvr_core.saliency) beside one plain prediction, on random weights.
+"""Time per Grad-CAM map (fvr_core.inference.saliency) beside one plain prediction, on random weights.
 
 For each model: the median seconds of one saliency_for call (forward + backward to the saliency
 layer + upsampling) and of one inference-mode forward pass, on one image, with the model in
-channels-last layout as fvr_core.predict.Predictor keeps it, and what copying the module tree
+channels-last layout as fvr_core.inference.predict.Predictor keeps it, and what copying the module tree
 for each call (saliency._private_shell) costs of that.
 
     PYTHONPATH=. python benchmarks/saliency_speed.py [--models cnn,resnet18] [--size 300] [--threads 1] [--repeats 10]
@@ -17,9 +17,9 @@ import time
 import numpy as np
 import torch
 
-from fvr_core.augment import normalize
-from fvr_core.models import build_model
-from fvr_core.saliency import _private_shell, saliency_for
+from fvr_core.data.augment import normalize
+from fvr_core.models.registry import build_model
+from fvr_core.inference.saliency import _private_shell, saliency_for
 
 
 def median_seconds(fn, repeats: int) -> float:

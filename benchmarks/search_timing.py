@@ -17,8 +17,9 @@ import time
 from pathlib import Path
 
 from fvr_core.config import TrainConfig
-from fvr_core.dataset import load_dataset
-from fvr_core.search import SearchSpec, SearchStore, parse_range, run_search
+from fvr_core.data.dataset import load_dataset
+from fvr_core.training.search import run_search
+from fvr_core.training.searches import SearchSpec, SearchStore, parse_range
 
 
 def main() -> None:

@@ -6,7 +6,7 @@ set, (a) the ORIGINAL loop re-implemented faithfully, bugs included: ImageFolder
 stretches it to the size, Adam re-created every epoch, the write-up's CNN copied verbatim
 (benchmarks/writeup_cnn.py, its Softmax before CrossEntropyLoss included), torchvision heads left
 at 1000 classes;
-and (b) fvr_core.training.train. It prints per (model, size): training images/s of both (median
+and (b) fvr_core.training.trainer.train. It prints per (model, size): training images/s of both (median
 of the measured epochs after one warm-up epoch), training FLOPs per image, fvr's achieved GFLOP/s
 and model FLOP utilisation against a matmul peak measured here, the data pipelines alone, the
 peak memory of each measurement, and single-image prediction latency from JPEG bytes.
@@ -229,7 +229,7 @@ def peak_memory(device: torch.device) -> Iterator[Peak]:
 def choose_subset(data: Path, count: int) -> list[str]:
     """`count` image ids (fake/..., real/...) drawn with a fixed seed, half of each class as far as
     the data set has them."""
-    from fvr_core.dataset import scan_dataset
+    from fvr_core.data.dataset import scan_dataset
     from fvr_core.settings import CLASSES
 
     _, records, _ = scan_dataset(data)
@@ -269,8 +269,8 @@ def fvr_config(data: Path, model: str, size: int, args: argparse.Namespace, devi
 
 
 def fvr_training(config, runs: Path, device: torch.device) -> tuple[dict, object]:
-    """Train with fvr_core.training.train; throughput from its epoch rows, the first dropped as warm-up."""
-    from fvr_core.training import train
+    """Train with fvr_core.training.trainer.train; throughput from its epoch rows, the first dropped as warm-up."""
+    from fvr_core.training.trainer import train
 
     with peak_memory(device) as peak:
         run = train(config, runs_dir=runs)
@@ -285,8 +285,8 @@ def fvr_training(config, runs: Path, device: torch.device) -> tuple[dict, object
 def fvr_pipeline(config, train_ids: list[str], n_images: int, device: torch.device) -> tuple[float, Peak]:
     """fvr's input side alone, as the trainer runs it: a random batch indexed out of the uint8 train
     images held on the device, then BatchAugmenter (which also normalises)."""
-    from fvr_core.augment import BatchAugmenter
-    from fvr_core.dataset import load_dataset
+    from fvr_core.data.augment import BatchAugmenter
+    from fvr_core.data.dataset import load_dataset
 
     data = load_dataset(config.data, config.image_size)  # the run decoded these: a cache hit
     images = torch.from_numpy(np.ascontiguousarray(data.images[data.indices_of(train_ids)])).to(device)
@@ -312,7 +312,7 @@ def flops_per_image(model_name: str, size: int) -> float:
     counted on the meta device: from shapes alone, no compute and no memory."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from fvr_core.models import build_model
+    from fvr_core.models.registry import build_model
 
     with torch.device("meta"):
         model = build_model(model_name).train()
@@ -430,8 +430,8 @@ def original_predict(model: nn.Module, transform, jpeg: bytes, device: torch.dev
 def prediction_latency(model_name: str, size: int, jpeg: bytes, repeats: int, device: torch.device) -> dict:
     """p50/p95 ms of one prediction from JPEG bytes (decode, preprocess, forward) for both sides,
     taking turns so background load hits both alike; memory measured over each side's warm-up."""
-    from fvr_core.models import build_model
-    from fvr_core.predict import Predictor
+    from fvr_core.models.registry import build_model
+    from fvr_core.inference.predict import Predictor
 
     predictor = Predictor(build_model(model_name), {"image_size": size, "model": model_name}, device=str(device))
     model, transform = original_model(model_name).to(device).eval(), original_transform(size)
@@ -476,7 +476,7 @@ class Case:
 
 
 def measure_case(case: Case, args: argparse.Namespace, device: torch.device, peaks: dict[str, float], scratch: Path) -> dict:
-    from fvr_core.devices import autocast_dtype
+    from fvr_core.training.devices import autocast_dtype
 
     threads = torch.get_num_threads()
     config = fvr_config(case.data, case.model, case.size, args, device)

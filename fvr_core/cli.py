@@ -9,8 +9,45 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from .runs import find_run  # torch-free, as the CLI's start must be
-from .signals import stop_on_sigterm
+from fvr_core.config import (
+    PRESET_NOTES,
+    PRESETS,
+    ConfigError,
+    TrainConfig,
+    config_fields,
+    join_sources,
+    preset_settings,
+)
+from fvr_core.data.dataset import DataError, check_sources, find_dataset_root, resolve_sources
+from fvr_core.data.demo import make_demo_dataset
+from fvr_core.data.download import DownloadError, download_kaggle
+from fvr_core.files import atomic_write_json
+from fvr_core.inference.calibration import calibrate_run
+from fvr_core.inference.heldout import evaluate_held_out, format_per_source
+from fvr_core.inference.outside import evaluate_folder, list_photos
+from fvr_core.inference.robustness import evaluate_robustness
+from fvr_core.models.registry import MODELS, ModelError
+from fvr_core.report.compare import predictions_csv
+from fvr_core.runs.reference import export_reference, reference_info
+# every module imported here is torch-free, so `python -m fvr_core runs` starts fast; commands that
+# need torch import their modules inside (start-up speed)
+from fvr_core.runs.store import COMPLETED, DIVERGED, INTERRUPTED, STOPPED, RunError, RunStore, find_run
+from fvr_core.settings import IMAGE_EXTENSIONS, app_limits, parse_unsure_band, reference_root, runs_root, unsure_band
+from fvr_core.training.launcher import launch, stop, work
+from fvr_core.training.queue import DEFAULT_MAX_CONCURRENT
+from fvr_core.training.search import launch_search, resume_search_in_background, run_search
+from fvr_core.training.searches import (
+    DEFAULT_TRIALS,
+    OBJECTIVES,
+    PRUNERS,
+    SearchSpec,
+    SearchStore,
+    parse_range,
+    prepare_resume,
+    searchable_fields,
+    stop_search,
+)
+from fvr_core.training.signals import stop_on_sigterm
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_DATA, EXIT_DIVERGED, EXIT_DOWNLOAD, EXIT_RUN, EXIT_STOPPED = 0, 1, 2, 3, 4, 5, 6, 130
 EXIT_CODES = f"""exit codes:
@@ -25,8 +62,6 @@ EXIT_CODES = f"""exit codes:
 
 
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
-    from .config import TrainConfig, config_fields
-
     defaults = TrainConfig()
     group = parser.add_argument_group("training settings (TrainConfig; defaults as shown)")
     for f in config_fields():
@@ -47,8 +82,6 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _config_from_args(args: argparse.Namespace):
-    from .config import TrainConfig, config_fields, join_sources, preset_settings
-
     base = {}
     if args.preset:
         base = preset_settings(_preset_name(args.preset), args.model)
@@ -72,8 +105,6 @@ def _preset_slug(name: str) -> str:
 
 
 def _preset_name(slug: str) -> str:
-    from .config import PRESETS
-
     return next(name for name in PRESETS if _preset_slug(name) == slug)
 
 
@@ -86,7 +117,7 @@ class _ProgressBar:
     """tqdm bars for the terminal; silent when output is not a terminal (tqdm's disable=None)."""
 
     def __init__(self):
-        from tqdm import tqdm
+        from tqdm import tqdm  # tqdm loads on first use (start-up speed)
 
         self.tqdm = tqdm
         self.bar = None
@@ -119,8 +150,6 @@ class _ProgressBar:
 
 
 def _print_state(run) -> int:
-    from .runs import COMPLETED, DIVERGED, INTERRUPTED, STOPPED
-
     status = run.status()
     state = status["state"]
     print(f"run {run.id}: {state}" + (f" ({status['message']})" if status.get("message") else ""))
@@ -160,10 +189,7 @@ def _format_metrics(m: dict) -> str:
 
 
 def cmd_train(args) -> int:
-    from . import distributed
-    from .dataset import check_sources, resolve_sources
-    from .launcher import launch
-    from .training import train
+    from fvr_core.training.trainer import train  # loads torch: here, not when the module loads (start-up speed)
 
     config = _config_from_args(args)
     if not config.data:
@@ -174,6 +200,8 @@ def cmd_train(args) -> int:
         run = launch(config, args.runs_dir, max_concurrent=args.max_concurrent)
         print(f"queued run {run.id} in {run.path.parent}; watch it with: python -m fvr_core runs --runs-dir {run.path.parent}")
         return EXIT_OK
+    from fvr_core.training import distributed  # loads torch: here, not when the module loads (start-up speed)
+
     stop_on_sigterm()
     main = distributed.from_environment().is_main  # under torchrun the processes train one run; rank 0 reports it
     run = train(config, args.runs_dir, _ProgressBar() if main else None,
@@ -182,9 +210,8 @@ def cmd_train(args) -> int:
 
 
 def cmd_resume(args) -> int:
-    from .training import resume
-
-    from . import distributed
+    from fvr_core.training import distributed  # loads torch: here, not when the module loads (start-up speed)
+    from fvr_core.training.trainer import resume  # likewise
 
     run = find_run(args.run, args.runs_dir)
     stop_on_sigterm()
@@ -194,8 +221,6 @@ def cmd_resume(args) -> int:
 
 
 def cmd_stop(args) -> int:
-    from .launcher import stop
-
     run = find_run(args.run, args.runs_dir)
     stop(run)
     print(f"asked run {run.id} to stop (it was {run.state})")
@@ -203,8 +228,9 @@ def cmd_stop(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .evaluation import evaluate_run
-    from .heldout import evaluate_held_out, format_per_source
+    from fvr_core.inference.evaluation import (
+        evaluate_run,  # loads torch: here, not when the module loads (start-up speed)
+    )
 
     run = find_run(args.run, args.runs_dir)
     if args.held_out:
@@ -233,12 +259,13 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_leave_one_out(args) -> int:
-    from .heldout import format_per_source, leave_one_generator_out
+    from fvr_core.training.leave_one_out import (
+        leave_one_generator_out,  # loads torch: here, not when the module loads (start-up speed)
+    )
 
     config = _config_from_args(args)
     if not config.data:
         return _fail(EXIT_USAGE, "--data is required: the sources to train on (the held-out one may be among them)")
-    from .dataset import check_sources
 
     check_sources(config.data)
     check_sources(args.hold_out)
@@ -258,8 +285,6 @@ def cmd_leave_one_out(args) -> int:
 
 
 def _band(text: str) -> tuple[float, float]:
-    from .settings import parse_unsure_band
-
     try:
         return parse_unsure_band(text)
     except ValueError as exc:
@@ -268,8 +293,6 @@ def _band(text: str) -> tuple[float, float]:
 
 def _photo_paths(items: Sequence[str]) -> list[str]:
     """Image paths as given, with each folder replaced by the images under it."""
-    from .outside import list_photos
-
     paths = []
     for item in items:
         paths += [str(p.path) for p in list_photos(item)] if Path(item).is_dir() else [item]
@@ -277,22 +300,22 @@ def _photo_paths(items: Sequence[str]) -> list[str]:
 
 
 def _predictors(run_ids: Sequence[str], runs_dir, which: str = "best") -> dict:
-    from .predict import Predictor
+    from fvr_core.inference.predict import Predictor  # loads torch: here, not when the module loads (start-up speed)
 
     runs = [find_run(r, runs_dir) for r in run_ids]
     return {f"{run.config.model} ({run.id})": Predictor.from_run(run, which=which) for run in runs}
 
 
 def _write_csv(rows: list[dict], path: str) -> None:
-    from .compare import predictions_csv
-
     Path(path).write_bytes(predictions_csv(rows))
     print(f"wrote {len(rows)} rows to {path}")
 
 
 def cmd_predict(args) -> int:
-    from .predict import predict_with_each, prepare_photos
-    from .settings import IMAGE_EXTENSIONS
+    from fvr_core.inference.predict import (  # loads torch: here, not when the module loads (start-up speed)
+        predict_with_each,
+        prepare_photos,
+    )
 
     predictors = _predictors(args.run, args.runs_dir, args.checkpoint)
     paths = _photo_paths(args.images)
@@ -319,8 +342,6 @@ def cmd_predict(args) -> int:
 
 
 def cmd_outside(args) -> int:
-    from .outside import evaluate_folder
-
     predictors = _predictors(args.run, args.runs_dir)
     result = evaluate_folder(predictors, args.folder, args.labels, face_crop=args.face_crop, tta=args.tta,
                              unsure_band=args.unsure_band, judge_without_face=args.judge_without_face)
@@ -337,8 +358,6 @@ def cmd_outside(args) -> int:
 
 
 def cmd_calibrate(args) -> int:
-    from .calibration import calibrate_run
-
     run = find_run(args.run, args.runs_dir)
     cal = calibrate_run(run, data=args.data, which=args.checkpoint)
     if args.json:
@@ -352,8 +371,6 @@ def cmd_calibrate(args) -> int:
 
 
 def cmd_robustness(args) -> int:
-    from .robustness import evaluate_robustness
-
     run = find_run(args.run, args.runs_dir)
     rows = evaluate_robustness(run, data=args.data, split=args.split)
     if args.json:
@@ -365,8 +382,9 @@ def cmd_robustness(args) -> int:
 
 
 def cmd_ensemble(args) -> int:
-    from .ensemble import make_ensemble
-    from .runs import RunStore
+    from fvr_core.inference.ensembles import (
+        make_ensemble,  # loads torch: here, not when the module loads (start-up speed)
+    )
 
     store = RunStore(args.runs_dir)
     members = [store.get(r) for r in args.runs]
@@ -378,8 +396,6 @@ def cmd_ensemble(args) -> int:
 
 
 def cmd_export_reference(args) -> int:
-    from .reference import export_reference, reference_info
-
     shipped = export_reference(find_run(args.run, args.runs_dir), args.dest, args.max_mb)
     info = reference_info(shipped)
     print(f"{shipped.path}  (weights: {info['weights']}{'; ' + info['note'] if info['note'] else ''})")
@@ -387,9 +403,6 @@ def cmd_export_reference(args) -> int:
 
 
 def cmd_runs(args) -> int:
-    from .runs import RunStore
-    from .settings import reference_root
-
     store = RunStore(args.runs_dir)
     rows = store.summaries(model=args.model, state=args.state)
     shipped = RunStore(reference_root())
@@ -415,8 +428,6 @@ def cmd_runs(args) -> int:
 
 
 def cmd_delete(args) -> int:
-    from .runs import RunStore
-
     store = RunStore(args.runs_dir)
     run = store.get(args.run)
     store.delete(run)
@@ -425,23 +436,17 @@ def cmd_delete(args) -> int:
 
 
 def cmd_download(args) -> int:
-    from .download import download_kaggle
-
     path = download_kaggle(args.handle, force=args.force)
     print(path)
     return EXIT_OK
 
 
 def cmd_demo_data(args) -> int:
-    from .demo import make_demo_dataset
-
     print(make_demo_dataset(args.out, per_class=args.per_class, size=args.size))
     return EXIT_OK
 
 
 def cmd_models(args) -> int:
-    from .models import MODELS
-
     for spec in MODELS.values():
         print(f"{spec.name:<20} {spec.parameter_count / 1e6:7.2f}M params  {spec.default_image_size}px  {spec.description}")
     return EXIT_OK
@@ -450,9 +455,6 @@ def cmd_models(args) -> int:
 def _add_search_options(parser: argparse.ArgumentParser) -> None:
     """TrainConfig's options for a search: a searchable setting takes one value (fixed for every
     trial), LOW:HIGH (a range; log scale for lr and weight decay) or A,B,C (values to choose from)."""
-    from .config import TrainConfig, config_fields
-    from .search import searchable_fields
-
     searchable = searchable_fields()
     defaults = TrainConfig()
     group = parser.add_argument_group("settings (TrainConfig): searchable ones take VALUE, LOW:HIGH or A,B,C")
@@ -474,9 +476,6 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _search_spec_from_args(args):
-    from .config import TrainConfig, config_fields
-    from .search import SearchSpec, parse_range
-
     fixed, space = {}, {}
     for f in config_fields():
         value = getattr(args, f.name)
@@ -508,8 +507,6 @@ class _TrialPrinter:
 
 
 def _print_search(search) -> None:
-    from .search import OBJECTIVES
-
     status = search.status()
     print(f"search {search.id}: {status['state']}" + (f" ({status['message']})" if status.get("message") else ""))
     rows = search.trials_table()
@@ -525,10 +522,6 @@ def _print_search(search) -> None:
 
 
 def cmd_search(args) -> int:
-    from .files import atomic_write_json
-    from .search import SearchStore, launch_search, prepare_resume, resume_search_in_background, run_search
-    from .settings import app_limits
-
     limits = app_limits() if app_limits().demo else None  # a public demo's caps hold in its terminal too
     store = SearchStore(args.runs_dir)
     if args.resume:
@@ -540,7 +533,6 @@ def cmd_search(args) -> int:
         prepare_resume(search)
     else:
         spec = _search_spec_from_args(args)
-        from .dataset import find_dataset_root
 
         find_dataset_root(spec.base.data)  # a DataError (exit 3) before a search is made
         if args.background:
@@ -559,8 +551,6 @@ def cmd_search(args) -> int:
 
 
 def cmd_searches(args) -> int:
-    from .search import SearchStore, stop_search
-
     store = SearchStore(args.runs_dir)
     if args.search:
         search = store.get(args.search)
@@ -584,16 +574,11 @@ def cmd_searches(args) -> int:
 
 
 def cmd_worker(args) -> int:
-    from .launcher import work
-
     work(args.runs_dir, args.max_concurrent, idle_seconds=args.idle_seconds)
     return EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .launcher import DEFAULT_MAX_CONCURRENT
-    from .settings import runs_root, unsure_band
-
     parser = argparse.ArgumentParser(
         prog="python -m fvr_core", description="fvr: train and use detectors of GAN-generated faces.",
         epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -610,7 +595,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("train", cmd_train, "train a model; writes a run folder")
     runs_dir(p)
-    from .config import PRESET_NOTES, PRESETS
 
     p.add_argument("--preset", choices=[_preset_slug(n) for n in PRESETS],
                    help="start from the dashboard's preset: " + "; ".join(f"{_preset_slug(n)}: {PRESET_NOTES[n]}" for n in PRESETS))
@@ -728,7 +712,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("search", cmd_search, "search hyperparameters with Optuna: each trial is a run; e.g. "
                 "--data DIR --model cnn --epochs 5 --image-size 64 --lr 1e-4:1e-2 --batch-size 16,32,64")
     runs_dir(p)
-    from .search import DEFAULT_TRIALS, OBJECTIVES, PRUNERS
 
     p.add_argument("--trials", type=int, default=DEFAULT_TRIALS, help="number of trials (default: %(default)s)")
     p.add_argument("--objective", default="val_balanced_accuracy", choices=list(OBJECTIVES),
@@ -756,13 +739,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .checkpoint import CheckpointError
-    from .config import ConfigError
-    from .dataset import DataError
-    from .download import DownloadError
-    from .models import ModelError
-    from .runs import RunError
-
+    from fvr_core.runs.checkpoint import (
+        CheckpointError,  # loads torch: here, not when the module loads (start-up speed)
+    )
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -10,8 +10,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from .augment_levels import AUGMENTATIONS
-from .models import MODELS
+from fvr_core.data.augment_levels import AUGMENTATIONS
+from fvr_core.models.registry import MODELS
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("none", "cosine", "onecycle")

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .settings import CLASSES, FAKE
+from fvr_core.settings import CLASSES, FAKE
 
 
 def roc_auc(is_fake: np.ndarray, prob_fake: np.ndarray) -> float | None:
@@ -29,7 +29,7 @@ def roc_curve(is_fake: np.ndarray, prob_fake: np.ndarray) -> dict[str, list[floa
     """False- and true-positive rates at every threshold (the first one inf: nothing called fake),
     for plotting. With one class only, the other class's rate is 0 throughout."""
     from sklearn.exceptions import UndefinedMetricWarning  # imported on first use, as in roc_auc
-    from sklearn.metrics import roc_curve as sklearn_roc_curve
+    from sklearn.metrics import roc_curve as sklearn_roc_curve  # scikit-learn loads on first use (start-up speed)
 
     is_fake = np.asarray(is_fake, dtype=bool)
     if not len(is_fake):

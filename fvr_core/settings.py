@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
+import ctypes
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -94,7 +95,7 @@ def _env_float(name: str, default: float) -> float:
 
 @dataclass
 class ArchiveLimits:
-    """What extracting one zip may take (fvr_core.archive)."""
+    """What extracting one zip may take (fvr_core.data.archive)."""
 
     max_files: int = 20_000  # files extracted
     max_total_bytes: int = 2 * 1024**3  # sum of uncompressed sizes of the files extracted
@@ -114,7 +115,7 @@ class AppLimits:
     models: tuple[str, ...] = ()  # empty: every registered model
     max_concurrent_runs: int = 1
     max_queued_runs: int = 100
-    max_trials: int = 1000  # trials of one hyperparameter search (fvr_core.search)
+    max_trials: int = 1000  # trials of one hyperparameter search (fvr_core.training.search)
     max_upload_mb: int = 200
     max_upload_files: int = 200
     max_extracted_mb: int = 2048  # what one uploaded zip may unpack to on the server's disk
@@ -190,7 +191,7 @@ def page_threads() -> int:
 
 def photo_cache_mb() -> int:
     """The Predict page's cache of decoded photos and face crops, for all sessions together:
-    FVR_PHOTO_CACHE_MB, default 256. Entries are kept at display size (fvr_core.predict.for_display)
+    FVR_PHOTO_CACHE_MB, default 256. Entries are kept at display size (fvr_core.inference.predict.for_display)
     and the least recently used go first once the total passes the cap."""
     return max(0, _env_int("FVR_PHOTO_CACHE_MB", 256))
 
@@ -216,8 +217,6 @@ def bound_thread_memory() -> bool:
     if arenas <= 0:
         return False
     try:
-        import ctypes
-
         return bool(ctypes.CDLL(None).mallopt(-8, arenas))  # -8: M_ARENA_MAX; arenas made from now on
     except (OSError, AttributeError):
         return False

@@ -8,9 +8,9 @@ import streamlit as st
 
 from PIL import Image
 
-from fvr_core.dataset import DataError
-from fvr_core.datasources import default_dataset, overview, remember_dataset, remembered_dataset, resolve_user_data
-from fvr_core.runs import Run, all_runs
+from fvr_core.data.dataset import DataError
+from fvr_core.workspace.datasources import default_dataset, overview, remember_dataset, remembered_dataset, resolve_user_data
+from fvr_core.runs.store import Run, all_runs
 from fvr_core.settings import CLASSES, AppLimits, app_limits, page_threads, prediction_slot
 
 def _leave_old_multipage_mode() -> None:
@@ -38,13 +38,25 @@ def limits() -> AppLimits:
 
 def session_id() -> str:
     """This browser session's id: in demo mode its uploads and the runs it started are its own."""
-    from fvr_core.uploads import new_session_id
+    from fvr_core.workspace.uploads import new_session_id
 
     return st.session_state.setdefault(SESSION_KEY, new_session_id())
 
 
 def runs() -> list[Run]:
     return all_runs()
+
+
+def show_current_dataset() -> str | None:
+    """The current data set (current_dataset), named in a caption, or a warning with a link to the
+    Data page when there is none."""
+    data_path = current_dataset()
+    if data_path is None:
+        st.warning("No data set chosen: pick one on the Data page first (the demo set needs no download).")
+        st.page_link("pages/data.py", label="Go to Data", icon=":material/photo_library:")
+    else:
+        st.caption(f"Data: `{data_path}` (change it on the Data page)")
+    return data_path
 
 
 def current_dataset() -> str | None:
@@ -83,7 +95,7 @@ def data_overview(path: str, fractions: tuple[float, float, float], seed: int):
 
 @st.cache_resource(max_entries=12, show_spinner="Loading the model...")
 def _predictor(checkpoint: str, version: tuple[float, float]):
-    from fvr_core.predict import Predictor  # torch loads here, not for the first page
+    from fvr_core.inference.predict import Predictor  # torch loads here, not for the first page
 
     return Predictor.from_checkpoint(checkpoint)
 
@@ -105,8 +117,8 @@ def predictor(run: Run):
 
 def prepared_photo(data: bytes, name: str, face_crop: bool):
     """A photo decoded and its faces found once, kept at display size in a cache bounded in bytes
-    for all sessions (fvr_core.predict.PhotoCache), not again on every rerun of the page."""
-    from fvr_core.predict import photo_cache
+    for all sessions (fvr_core.inference.predict.PhotoCache), not again on every rerun of the page."""
+    from fvr_core.inference.predict import photo_cache
 
     return photo_cache().prepared(data, name, face_crop)
 
@@ -123,7 +135,7 @@ def _heatmap(checkpoint: str, version: tuple[float, float], image: Image.Image, 
 def heatmap_overlay(run: Run, image: Image.Image, target: str) -> tuple[Image.Image, str]:
     """The run's Grad-CAM map for `target` over a face, and a note when the map is empty (or,
     for a model without a spatial layer, the face untinted and a note saying so)."""
-    from fvr_core.models import has_saliency
+    from fvr_core.models.registry import has_saliency
 
     if not has_saliency(run.config.model):
         return image, "no saliency map: this model has no spatial layer to explain"

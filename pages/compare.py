@@ -5,15 +5,15 @@ and downloads of the table and of a run's checkpoint."""
 
 import streamlit as st
 
-from fvr_core.calibration import calibrate_run, load_calibration
-from fvr_core.charts import (METRIC_LABELS, confusion_figure, overlay_figure, reliability_figure, robustness_figure, roc_figure,
+from fvr_core.inference.calibration import calibrate_run, load_calibration
+from fvr_core.report.charts import (METRIC_LABELS, confusion_figure, overlay_figure, reliability_figure, robustness_figure, roc_figure,
                              test_metrics_figure)
-from fvr_core.compare import (ORIGINAL_WRITEUP_VAL_ACC, calibration_table, checkpoint_archive, comparison_table, default_comparison,
+from fvr_core.report.compare import (ORIGINAL_WRITEUP_VAL_ACC, calibration_table, checkpoint_archive, comparison_table, default_comparison,
                               per_source_table, readable_table, robustness_table, table_csv, test_curves)
 from fvr_core.durations import format_duration
-from fvr_core.dataset import DataError
-from fvr_core.robustness import evaluate_robustness, load_robustness, robustness_seconds
-from fvr_core.runs import ACTIVE_STATES, RunError, RunStore
+from fvr_core.data.dataset import DataError
+from fvr_core.inference.robustness import evaluate_robustness, load_robustness, robustness_seconds
+from fvr_core.runs.store import ACTIVE_STATES, RunError, RunStore
 from pages._common import demo_banner, limits, run_label, runs, session_id
 
 st.title("Compare")
@@ -42,7 +42,7 @@ if not show_reference:
 
 
 def show_table(table, **extra) -> None:
-    """A table with headers in words and one number format per column (fvr_core.compare.readable_table)."""
+    """A table with headers in words and one number format per column (fvr_core.report.compare.readable_table)."""
     readable, formats = readable_table(table)
     config = {title: st.column_config.NumberColumn(format=fmt) for title, fmt in formats.items()}
     st.dataframe(readable, hide_index=True, width="stretch", column_config={**config, **extra})

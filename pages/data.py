@@ -3,16 +3,16 @@ see what it holds: class counts, sample images, split sizes and the files that w
 
 import streamlit as st
 
-from fvr_core.archive import ArchiveError
-from fvr_core.charts import class_counts_figure, split_sizes_figure
+from fvr_core.data.archive import ArchiveError
+from fvr_core.report.charts import class_counts_figure, split_sizes_figure
 from fvr_core.config import TrainConfig
-from fvr_core.dataset import DataError, find_dataset_root
+from fvr_core.data.dataset import DataError, find_dataset_root
 from fvr_core.config import split_sources
-from fvr_core.datasources import combine_sources, dataset_title, known_datasets, known_sources, resolve_user_path, source_counts
-from fvr_core.demo import make_demo_dataset
-from fvr_core.download import DownloadError, download_kaggle
-from fvr_core.images import ImageError, prepare_image
-from fvr_core.uploads import extract_upload
+from fvr_core.workspace.datasources import combine_sources, dataset_title, known_datasets, known_sources, resolve_user_path, source_counts
+from fvr_core.data.demo import make_demo_dataset
+from fvr_core.data.download import DownloadError, download_kaggle
+from fvr_core.data.images import ImageError, prepare_image
+from fvr_core.workspace.uploads import extract_upload
 from pages._common import accepted_uploads, choose_dataset, current_dataset, data_overview, demo_banner, limits, session_id
 
 st.title("Data")

@@ -3,10 +3,10 @@
 import pandas as pd
 import streamlit as st
 
-from fvr_core.compare import readable_table
-from fvr_core.dataset import DataError
-from fvr_core.datasources import count_images
-from fvr_core.runs import ACTIVE_STATES, count_states
+from fvr_core.report.compare import readable_table
+from fvr_core.data.dataset import DataError
+from fvr_core.workspace.datasources import count_images
+from fvr_core.runs.store import ACTIVE_STATES, count_states
 from pages._common import current_dataset, demo_banner, runs
 
 st.title("fvr: fake vs real faces")

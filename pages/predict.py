@@ -4,16 +4,16 @@ a saliency map; evaluate a labelled set of outside photos; predict a whole folde
 
 import streamlit as st
 
-from fvr_core.archive import ArchiveError
-from fvr_core.charts import probability_figure
-from fvr_core.compare import best_runs_above_chance, predictable_runs, predictions_csv
-from fvr_core.dataset import DataError
-from fvr_core.images import thumbnail_data_uri as thumbnail_uri
-from fvr_core.datasources import resolve_user_folder
-from fvr_core.outside import OutsideError, labelled_photos, list_photos, unwrap
-from fvr_core.runs import RunError
+from fvr_core.data.archive import ArchiveError
+from fvr_core.report.charts import probability_figure
+from fvr_core.report.compare import best_runs_above_chance, predictable_runs, predictions_csv
+from fvr_core.data.dataset import DataError
+from fvr_core.data.images import thumbnail_data_uri as thumbnail_uri
+from fvr_core.workspace.datasources import resolve_user_folder
+from fvr_core.inference.outside import OutsideError, labelled_photos, list_photos, unwrap
+from fvr_core.runs.store import RunError
 from fvr_core.settings import prediction_slot, unsure_band, valid_unsure_band
-from fvr_core.uploads import extract_upload
+from fvr_core.workspace.uploads import extract_upload
 from pages._common import accepted_uploads, demo_banner, heatmap_overlay, limits, predictor, prepared_photo, run_label, runs, session_id
 
 st.title("Predict")
@@ -89,7 +89,7 @@ def verdict_text(row: dict) -> str:
 
 
 def show_photo(i: int, photo, rows: list[dict]) -> None:
-    from fvr_core.predict import annotate
+    from fvr_core.inference.predict import annotate
 
     st.subheader(photo.name, divider="gray")
     if photo.error:
@@ -141,7 +141,7 @@ with photos_tab:
     if not uploads:
         st.info("Upload one or more photos to see what the models say.")
     else:
-        from fvr_core.predict import predict_with_each
+        from fvr_core.inference.predict import predict_with_each
 
         with st.spinner(f"Finding faces and asking {len(predictors)} model(s) about {len(uploads)} photo(s)..."):
             prepared = [prepared_photo(u.getvalue(), u.name, face_crop) for u in uploads]
@@ -167,7 +167,7 @@ with labelled_tab:
             photos = photos[: lim.max_upload_files]
             for problem in problems:
                 st.warning(problem)
-            from fvr_core.outside import evaluate_labelled, predict_photos
+            from fvr_core.inference.outside import evaluate_labelled, predict_photos
 
             with st.spinner(f"Judging {len(photos)} labelled photos..."), prediction_slot():
                 prepared, rows = predict_photos(predictors, photos, face_crop, tta, band, judge_without_face)
@@ -201,7 +201,7 @@ with folder_tab:
         if not photos:
             st.warning(f"No photos in {folder.name}.")
         elif st.button(f"Predict {len(photos)} photos", type="primary"):
-            from fvr_core.outside import predict_photos
+            from fvr_core.inference.outside import predict_photos
 
             with st.spinner(f"Judging {len(photos)} photos..."), prediction_slot():
                 _, rows = predict_photos(predictors, photos, face_crop, tta, band, judge_without_face)

@@ -7,14 +7,13 @@ import secrets
 import streamlit as st
 
 from fvr_core.config import ConfigError, TrainConfig
-from fvr_core.dataset import DataError, is_cached
-from fvr_core.datasources import split_sizes
-from fvr_core.estimate import estimate_run, format_duration, measure_speed
-from fvr_core.runs import COMPLETED, INTERRUPTED, QUEUED, RUNNING, STOPPED, RunError
-from fvr_core.search import (DEFAULT_TRIALS, OBJECTIVES, PRUNERS, SearchSpec, SearchStore, estimate_seconds, launch_search,
-                             make_range, resume_search_in_background, search_widget, TRAIN_PAGE_FIELDS, searchable_fields, stop_search,
-                             study_figures, train_page_values)
-from pages._common import current_dataset, data_overview, demo_banner, limits
+from fvr_core.data.dataset import DataError, is_cached
+from fvr_core.workspace.datasources import split_sizes
+from fvr_core.training.estimate import estimate_run, format_duration, measure_speed
+from fvr_core.runs.store import COMPLETED, INTERRUPTED, QUEUED, RUNNING, STOPPED, RunError
+from fvr_core.training.search import launch_search, resume_search_in_background
+from fvr_core.training.searches import DEFAULT_TRIALS, OBJECTIVES, PRUNERS, SearchSpec, SearchStore, estimate_seconds, make_range, search_widget, TRAIN_PAGE_FIELDS, searchable_fields, stop_search, study_figures, train_page_values
+from pages._common import data_overview, demo_banner, limits, show_current_dataset
 
 st.title("Search")
 demo_banner()
@@ -30,12 +29,7 @@ def _fmt(value) -> str:
 
 
 # ---------------------------------------------------------------- settings
-data_path = current_dataset()
-if data_path is None:
-    st.warning("No data set chosen: pick one on the Data page first (the demo set needs no download).")
-    st.page_link("pages/data.py", label="Go to Data", icon=":material/photo_library:")
-else:
-    st.caption(f"Data: `{data_path}` (change it on the Data page)")
+data_path = show_current_dataset()
 
 st.write("Each trial trains an ordinary run with values drawn from the ranges below; Optuna picks the next values "
          "from the trials so far and its pruner stops hopeless trials early.")

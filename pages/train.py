@@ -5,21 +5,21 @@ import time
 
 import streamlit as st
 
-from fvr_core.augment import AUGMENTATIONS
-from fvr_core.charts import run_curves_figure
+from fvr_core.data.augment import AUGMENTATIONS
+from fvr_core.report.charts import run_curves_figure
 from fvr_core.config import (CLASS_WEIGHTS, OPTIMIZERS, ORIGINAL_MODELS, ORIGINAL_RECIPE_DIFFERENCES, PRESET_NOTES, PRESETS,
                              SCHEDULES, SELECT_METRICS, ConfigError, TrainConfig, check_limits, config_fields, from_query_params,
                              original_four, preset_settings_within, to_query_params, within_limits)
-from fvr_core.dataset import DataError, is_cached
-from fvr_core.datasources import dataset_title, split_sizes
-from fvr_core.estimate import estimate_run, estimate_runs, format_duration, speed_for
-from fvr_core.launcher import launch, prewarm, resume_in_background, stop
-from fvr_core.live import batch_summary, ended_badly, live_poll_seconds, run_choice_label, run_to_follow
-from fvr_core.models import MODELS
-from fvr_core.runs import ACTIVE_STATES, COMPLETED, DIVERGED, FAILED, INTERRUPTED, QUEUED, RUNNING, STOPPED, RunError, RunStore
-from fvr_core.training import RESUMABLE
+from fvr_core.data.dataset import DataError, is_cached
+from fvr_core.workspace.datasources import dataset_title, split_sizes
+from fvr_core.training.estimate import estimate_run, estimate_runs, format_duration, speed_for
+from fvr_core.training.launcher import launch, prewarm, resume_in_background, stop
+from fvr_core.report.live import batch_summary, ended_badly, live_poll_seconds, run_choice_label, run_to_follow
+from fvr_core.models.registry import MODELS
+from fvr_core.runs.store import ACTIVE_STATES, COMPLETED, DIVERGED, FAILED, INTERRUPTED, QUEUED, RUNNING, STOPPED, RunError, RunStore
+from fvr_core.training.trainer import RESUMABLE
 from fvr_core.settings import worker_idle_seconds
-from pages._common import current_dataset, data_overview, demo_banner, limits, session_id
+from pages._common import data_overview, demo_banner, limits, session_id, show_current_dataset
 
 st.title("Train")
 demo_banner()
@@ -89,12 +89,8 @@ if "cfg_model" not in st.session_state:
         st.warning(problem)
 
 # ---------------------------------------------------------------- data
-data_path = current_dataset()
-if data_path is None:
-    st.warning("No data set chosen: pick one on the Data page first (the demo set needs no download).")
-    st.page_link("pages/data.py", label="Go to Data", icon=":material/photo_library:")
-else:
-    st.caption(f"Data: `{data_path}` (change it on the Data page)")
+data_path = show_current_dataset()
+if data_path is not None:
     idle = worker_idle_seconds()
     if idle and time.time() - st.session_state.get("prewarmed", 0.0) > idle / 2:
         # a worker loads torch while the settings are chosen: the first curve comes seconds sooner

@@ -177,7 +177,7 @@ def make_class_folders(root: Path, n_fake: int = 6, n_real: int = 6, size=(40, 4
 @pytest.fixture
 def demo_data(tmp_path_factory) -> Path:
     """The built-in synthetic demo set, written once per session."""
-    from fvr_core.demo import make_demo_dataset
+    from fvr_core.data.demo import make_demo_dataset
 
     return make_demo_dataset(tmp_path_factory.getbasetemp() / "demo", per_class=40, size=64)
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from conftest import make_class_folders, write_image
-from fvr_core import archive as archive_module
-from fvr_core.archive import COMPLETE_MARKER, ArchiveError, ArchiveLimits, extract_dataset_zip
-from fvr_core.dataset import find_dataset_root, scan_dataset
+from fvr_core.data import archive as archive_module
+from fvr_core.data.archive import COMPLETE_MARKER, ArchiveError, ArchiveLimits, extract_dataset_zip
+from fvr_core.data.dataset import find_dataset_root, scan_dataset
 
 
 def _zip_folder(folder: Path, prefix: str = "", **extra: bytes) -> bytes:

@@ -41,10 +41,10 @@ from PIL import Image, ImageFile
 
 from conftest import REPO, make_class_folders, write_image
 from fvr_core import cli
-from fvr_core.archive import ArchiveError, extract_dataset_zip
+from fvr_core.data.archive import ArchiveError, extract_dataset_zip
 from fvr_core.config import ConfigError, TrainConfig
-from fvr_core.dataset import DataError, find_dataset_root, load_dataset, require_trainable
-from fvr_core.images import ImageError, load_rgb, prepare_image
+from fvr_core.data.dataset import DataError, find_dataset_root, load_dataset, require_trainable
+from fvr_core.data.images import ImageError, load_rgb, prepare_image
 
 # ---------------------------------------------------------------------------------------------
 # what was tried through what (the summary at the end reads this)
@@ -819,7 +819,7 @@ def test_every_zip_uploaded_on_the_data_page(kind, jpeg, corpus, tmp_path, data_
 @pytest.fixture(scope="module")
 def trained_dir(tmp_path_factory) -> Path:
     """A finished run of the small CNN (trained once here; tests copy it into their runs folder)."""
-    from fvr_core.training import train
+    from fvr_core.training.trainer import train
 
     base = tmp_path_factory.mktemp("trained")
     data = make_class_folders(base / "faces", 6, 6, size=(32, 32))
@@ -845,7 +845,7 @@ def _replace(path: Path, data: bytes) -> None:
 @pytest.fixture
 def run(trained_dir):
     """A copy of the trained run in this test's runs folder (tests may damage it)."""
-    from fvr_core.runs import Run
+    from fvr_core.runs.store import Run
 
     target = Path(os.environ["FVR_RUNS_DIR"]) / trained_dir.name
     shutil.copytree(trained_dir, target, ignore=shutil.ignore_patterns("*.tmp"), copy_function=_link_or_copy)
@@ -884,7 +884,7 @@ def test_every_file_kind_uploaded_at_once_on_predict(run, corpus, tmp_path):
 
 
 def test_every_file_kind_through_the_predictor(run, corpus, tmp_path):
-    from fvr_core.predict import Predictor
+    from fvr_core.inference.predict import Predictor
 
     paths = [p for p, _ in corpus.values()] + [_good_photo(tmp_path)]
     # face search runs on every kind; none holds a face, so each is judged whole when asked to
@@ -1011,8 +1011,8 @@ def _damaged(run, kind: str, tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("kind", list(CHECKPOINTS))
 def test_every_checkpoint_kind_through_load_checkpoint_and_the_predictor(kind, run, tmp_path):
-    from fvr_core.checkpoint import CheckpointError, load_checkpoint
-    from fvr_core.predict import Predictor
+    from fvr_core.runs.checkpoint import CheckpointError, load_checkpoint
+    from fvr_core.inference.predict import Predictor
 
     bad = CHECKPOINTS[kind]
     marker = _damaged(run, kind, tmp_path)
@@ -1093,9 +1093,9 @@ CHECKPOINT_KINDS = [*CHECKPOINTS, *LAST_STATES]
 
 @pytest.mark.parametrize("kind", list(LAST_STATES))
 def test_every_training_state_kind_is_refused_without_running_code(kind, run, tmp_path, capsys):
-    from fvr_core.checkpoint import CheckpointError, load_training_state
-    from fvr_core.runs import FAILED, STOPPED, Run
-    from fvr_core.training import resume
+    from fvr_core.runs.checkpoint import CheckpointError, load_training_state
+    from fvr_core.runs.store import FAILED, STOPPED, Run
+    from fvr_core.training.trainer import resume
 
     marker = tmp_path / "code ran"
     LAST_STATES[kind](run.path / "last_state.pt", marker)
@@ -1121,7 +1121,7 @@ def test_every_training_state_kind_is_refused_without_running_code(kind, run, tm
 def test_fvr_core_loads_no_pickle_except_with_weights_only():
     """Every torch.load in fvr_core passes weights_only=True; nothing else unpickles."""
     loads = []
-    for path in sorted((REPO / "fvr_core").glob("*.py")):
+    for path in sorted((REPO / "fvr_core").rglob("*.py")):
         text = path.read_text()
         for match in re.finditer(r"torch\.load\((.*)", text):
             loads.append(path.name)
@@ -1218,7 +1218,7 @@ def test_a_config_file_that_is_not_settings_exits_2(text, tmp_path, capsys):
 def test_the_train_page_widgets_cannot_produce_an_invalid_config(demo, monkeypatch):
     """Every widget at its lowest and highest value, with every model offered, validates."""
     from fvr_core.config import check_limits
-    from fvr_core.models import MODELS
+    from fvr_core.models.registry import MODELS
     from fvr_core.settings import app_limits
 
     if demo:

@@ -167,7 +167,7 @@ def test_predict_shows_the_face_crop_heatmap_and_probability(server, browser, tm
     """A real face in a wide photo: the page shows the crop beside the photo, a saliency map and
     the calibrated probability (nothing of it is saved: the shared faces stay out of the repo)."""
     from fvr_core.config import TrainConfig
-    from fvr_core.training import train
+    from fvr_core.training.trainer import train
 
     train(TrainConfig(data=str(demo_data), model="tiny_cnn", epochs=1, image_size=48, batch_size=16))
     url, _ = server
@@ -222,7 +222,7 @@ def _slider(page, label: str):
 def test_data_set_and_settings_survive_a_reload_and_a_new_tab(server, browser, tmp_path):
     """A data set chosen on the Data page and settings chosen on Train come back after a reload,
     in a second tab opened on the same link, and (the data set) in a new tab opened bare."""
-    from fvr_core.demo import make_demo_dataset
+    from fvr_core.data.demo import make_demo_dataset
     from fvr_core.settings import data_root
 
     url, _ = server
@@ -264,7 +264,7 @@ def test_resume_is_followed_live_to_completion(server, browser, demo_data):
     """A stopped run, resumed from the page: the progress and the curves move on their own until
     the run completes, with no navigation and no reload (the page opened while nothing trained)."""
     from fvr_core.config import TrainConfig
-    from fvr_core.launcher import launch, stop, wait
+    from fvr_core.training.launcher import launch, stop, wait
 
     url, _ = server
     run = launch(TrainConfig(data=str(demo_data), model="cnn", epochs=4, image_size=48, batch_size=8))

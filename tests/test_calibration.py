@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import make_class_folders
-from fvr_core.calibration import (
+from fvr_core.inference.calibration import (
     CALIBRATION_FILE, DEFAULT_UNSURE_BAND, MIN_FIT_EXAMPLES, TEMPERATURE_RANGE, Calibration, calibrate_run,
     calibrated_prob_fake, expected_calibration_error, fit_calibration, fit_temperature, load_calibration,
     negative_log_likelihood, reliability_bins, verdict,
@@ -158,7 +158,7 @@ def noisy_run(tmp_path_factory):
     right on every image, so how sure it is matters (on separable data a perfect val split would
     push T to 0)."""
     from fvr_core.config import TrainConfig
-    from fvr_core.training import train
+    from fvr_core.training.trainer import train
 
     root = make_class_folders(tmp_path_factory.mktemp("noisy"), n_fake=50, n_real=50, size=(32, 32))
     for i in range(10):
@@ -175,7 +175,7 @@ def overconfident_copy(run, factor: float, destination):
     logits `factor` times larger (an over-confident model, e.g. one trained far too long)."""
     from safetensors.torch import load_file, save_file
 
-    from fvr_core.runs import Run
+    from fvr_core.runs.store import Run
 
     path = shutil.copytree(run.path, destination / run.id)
     for which in ("best", "last"):
@@ -215,7 +215,7 @@ def test_calibrate_run_writes_what_load_calibration_reads(noisy_run):
 
 
 def test_a_calibration_of_an_older_checkpoint_is_not_used(noisy_run, tmp_path):
-    from fvr_core.runs import Run
+    from fvr_core.runs.store import Run
 
     run = Run(shutil.copytree(noisy_run.path, tmp_path / noisy_run.id))
     calibrate_run(run, data=noisy_run.config.data)

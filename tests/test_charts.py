@@ -9,11 +9,11 @@ import time
 import pandas as pd
 import pytest
 
-from fvr_core.charts import (confusion_figure, log_ticks, probability_figure, robustness_figure, run_curves_figure,
+from fvr_core.report.charts import (confusion_figure, log_ticks, probability_figure, robustness_figure, run_curves_figure,
                              wrap_title)
-from fvr_core.compare import default_comparison, readable_table
+from fvr_core.report.compare import default_comparison, readable_table
 from fvr_core.config import TrainConfig
-from fvr_core.runs import COMPLETED, RunStore
+from fvr_core.runs.store import COMPLETED, RunStore
 from fvr_core.files import atomic_write_json
 
 
@@ -34,7 +34,7 @@ def test_the_first_step_is_drawn_and_accuracy_says_when_it_comes():
     assert loss.mode == "markers" and list(loss.y) == [0.7]  # a one-point line would be invisible
     notes = [a.text for a in fig.layout.annotations]
     assert any("after" in n and "first epoch" in n for n in notes)
-    from fvr_core.charts import overlay_figure
+    from fvr_core.report.charts import overlay_figure
 
     assert overlay_figure([a_run(steps=1)], "loss").data[0].mode == "lines+markers"  # Compare, a one-step run
     later = run_curves_figure(a_run(steps=8, epochs=2))
@@ -102,7 +102,7 @@ def test_the_default_comparison_is_the_users_latest_else_the_references(tmp_path
     monkeypatch.setenv("FVR_REFERENCE_DIR", str(tmp_path / "reference"))
     shipped = RunStore(tmp_path / "reference").create(TrainConfig(data="x"))
     atomic_write_json(shipped.path / "test_metrics.json", {"balanced_accuracy": 0.9})
-    from fvr_core.runs import all_runs
+    from fvr_core.runs.store import all_runs
 
     runs = all_runs()
     assert [r.id for r in default_comparison(runs)] == [r.id for r in reversed(mine)][:4]

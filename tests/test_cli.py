@@ -237,7 +237,7 @@ def test_reference_runs_are_listed_marked_and_found_by_id(monkeypatch, tmp_path)
     assert sorted(r["run"] for r in rows) == ids and all(r["reference"] for r in rows)
 
     cnn = next(i for i in ids if "-cnn-" in i)
-    from fvr_core.runs import RunError, find_run
+    from fvr_core.runs.store import RunError, find_run
 
     assert find_run(cnn, tmp_path / "none").id == cnn
     assert find_run(cnn[:19], tmp_path / "none").id == cnn  # a prefix, as for the user's runs

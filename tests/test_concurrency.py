@@ -19,8 +19,8 @@ from PIL import Image
 
 from conftest import REPO, make_class_folders
 from fvr_core.config import TrainConfig
-from fvr_core.launcher import launch, wait
-from fvr_core.runs import COMPLETED, RunError, RunStore
+from fvr_core.training.launcher import launch, wait
+from fvr_core.runs.store import COMPLETED, RunError, RunStore
 from fvr_core.files import read_jsonl
 from fvr_core.settings import AppLimits
 
@@ -112,7 +112,7 @@ print(json.dumps({{"run": launched[-1], "clicked": clicked,
 def test_sessions_pressing_train_at_the_same_moment_each_get_one_run_trained_once(data, tmp_path, capsys):
     """Separate Train page sessions (AppTest, one per process, so nothing in them is shared but the
     runs folder) wait for one signal and click Train together."""
-    from fvr_core.estimate import measure_speed
+    from fvr_core.training.estimate import measure_speed
 
     for size in (64, 48):  # the page's estimate, measured once here instead of in every session
         measure_speed("tiny_cnn", size, 32, budget_seconds=0.2)
@@ -192,7 +192,7 @@ def test_launches_racing_for_a_capped_queue_never_pass_the_cap_and_workers_never
 def test_a_run_still_being_created_is_not_claimed_before_its_status_is_written(data, tmp_path):
     """RunStore.create writes config.json, then status.json: a prewarmed worker polling in between
     must not take the run, or the creator's "queued" would overwrite the trainer's "running"."""
-    from fvr_core.launcher import next_queued
+    from fvr_core.training.launcher import next_queued
 
     store = RunStore(tmp_path)
     half = tmp_path / "20250101-000000-000-cnn-abcdef"
@@ -230,9 +230,9 @@ def photo_bytes(path: Path, size: int) -> bytes:
 
 @pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="memory is read from /proc (Linux)")
 def test_twenty_concurrent_predictions_answer_correctly_with_one_shared_model_and_bounded_memory(demo_data, monkeypatch, capsys):
-    from fvr_core.predict import Predictor, photo_cache, predict_with_each
+    from fvr_core.inference.predict import Predictor, photo_cache, predict_with_each
     from fvr_core.settings import bound_thread_memory, page_predictions, prediction_slot
-    from fvr_core.training import train
+    from fvr_core.training.trainer import train
     from pages import _common
     from pages._common import heatmap_overlay, predictor, prepared_photo
 

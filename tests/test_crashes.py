@@ -32,12 +32,12 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import REPO, write_image
-from fvr_core.checkpoint import load_checkpoint
+from fvr_core.runs.checkpoint import load_checkpoint
 from fvr_core.config import TrainConfig
-from fvr_core.launcher import launch, resume_in_background, wait
-from fvr_core.runs import COMPLETED, FAILED, INTERRUPTED, RUNNING, Run, RunStore, process_alive
+from fvr_core.training.launcher import launch, resume_in_background, wait
+from fvr_core.runs.store import COMPLETED, FAILED, INTERRUPTED, RUNNING, Run, RunStore, process_alive
 from fvr_core.files import read_jsonl
-from fvr_core.training import Trainer, resume, train
+from fvr_core.training.trainer import Trainer, resume, train
 
 # for the summary: what each kill left and the largest difference in a test probability from the
 # uninterrupted run; random kills; full disk and server restart
@@ -62,7 +62,7 @@ KILL_POINTS = {
 # to the temporary file and not renamed (a file these tests do not put a crash point in)
 CHECKPOINT_TEMP_CHILD = """
 import os, signal, sys
-import fvr_core.checkpoint as checkpoint
+import fvr_core.runs.checkpoint as checkpoint
 real, calls = checkpoint.save_file, []
 def save_file(tensors, path, metadata=None):
     calls.append(path)
@@ -237,8 +237,8 @@ def test_killed_at_random_times_in_a_background_worker(data, baseline, tmp_path)
 def test_a_full_disk_while_writing_a_checkpoint_fails_cleanly(data, baseline, tmp_path, monkeypatch, writing):
     """ENOSPC in epoch 2's checkpoint: the run fails saying the disk is full and what to do, epoch
     1's checkpoint is kept as it was, and after space is freed it resumes to the uninterrupted result."""
-    import fvr_core.checkpoint as checkpoint
-    import fvr_core.training as training
+    import fvr_core.runs.checkpoint as checkpoint
+    import fvr_core.training.trainer as training
 
     kept: dict[str, bytes] = {}
 
@@ -369,7 +369,7 @@ def test_a_run_outlives_a_server_restart_and_the_new_page_reattaches(data, tmp_p
     server, _ = start_server(tmp_path, "first-server")
     try:
         # launched from a process in the server's process group, as the Train page's button does it
-        launcher = ("import json, sys; from fvr_core.config import TrainConfig; from fvr_core.launcher import launch; "
+        launcher = ("import json, sys; from fvr_core.config import TrainConfig; from fvr_core.training.launcher import launch; "
                     "print(launch(TrainConfig.from_dict(json.loads(sys.argv[1]))).path)")
         out = subprocess.run([sys.executable, "-c", launcher, config(data, epochs=3, batch_size=2).to_json()],
                              env=env(), cwd=REPO, check=True, capture_output=True, text=True,

@@ -14,10 +14,10 @@ import torch
 from PIL import Image
 
 from conftest import make_class_folders, write_image
-from fvr_core import dataset as dataset_module
-from fvr_core.augment import AUGMENTATIONS, BatchAugmenter, normalize
+from fvr_core.data import dataset as dataset_module
+from fvr_core.data.augment import AUGMENTATIONS, BatchAugmenter, normalize
 from fvr_core.config import TrainConfig
-from fvr_core.dataset import (
+from fvr_core.data.dataset import (
     DataError,
     DataReport,
     SkippedFile,

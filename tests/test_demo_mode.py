@@ -17,11 +17,11 @@ from PIL import Image
 
 from conftest import REPO, make_class_folders
 from fvr_core import settings
-from fvr_core.archive import ArchiveError, extract_dataset_zip
+from fvr_core.data.archive import ArchiveError, extract_dataset_zip
 from fvr_core.config import ConfigError, TrainConfig, check_limits
-from fvr_core.dataset import DataError
-from fvr_core.datasources import default_dataset, known_datasets, resolve_user_folder, resolve_user_path
-from fvr_core.runs import QUEUED, STOPPED, RunError, RunStore
+from fvr_core.data.dataset import DataError
+from fvr_core.workspace.datasources import default_dataset, known_datasets, resolve_user_folder, resolve_user_path
+from fvr_core.runs.store import QUEUED, STOPPED, RunError, RunStore
 from fvr_core.settings import DEMO_MODELS, app_limits
 from test_pages import app, no_traceback, page, texts
 
@@ -43,7 +43,7 @@ def faces() -> Path:
 @pytest.fixture(scope="module")
 def reference_runs(tmp_path_factory):
     """A finished small run, served as a reference run (what Predict and Compare show on a fresh clone)."""
-    from fvr_core.training import train
+    from fvr_core.training.trainer import train
 
     data = make_class_folders(tmp_path_factory.mktemp("demo-ref-data"), 8, 8, size=(32, 32))
     folder = tmp_path_factory.mktemp("demo-reference")
@@ -54,7 +54,7 @@ def reference_runs(tmp_path_factory):
 @pytest.fixture
 def queue_only(monkeypatch):
     """Launches queue their run without a worker; the workers asked for are recorded."""
-    import fvr_core.launcher as launcher
+    import fvr_core.training.launcher as launcher
 
     started = []
     monkeypatch.setattr(launcher, "start_worker", lambda root, max_concurrent=1, idle_seconds=0.0: started.append(max_concurrent))
@@ -111,7 +111,7 @@ def test_demo_mode_from_a_root_level_secret(tmp_path, monkeypatch):
 
 
 def test_every_training_cap_is_enforced_in_the_library(demo, faces, queue_only):
-    from fvr_core.launcher import launch
+    from fvr_core.training.launcher import launch
 
     ok = TrainConfig(data=str(faces), model="cnn", epochs=5, image_size=128)
     check_limits(ok, demo)
@@ -133,8 +133,8 @@ def test_every_training_cap_is_enforced_in_the_library(demo, faces, queue_only):
 
 
 def test_resuming_respects_the_queue_cap(demo, faces, queue_only):
-    from fvr_core.launcher import launch, resume_in_background
-    from fvr_core.runs import STOPPED
+    from fvr_core.training.launcher import launch, resume_in_background
+    from fvr_core.runs.store import STOPPED
 
     config = TrainConfig(data=str(faces), model="cnn", epochs=1, image_size=48)
     stopped = RunStore().create(config, owner="visitor1")
@@ -147,7 +147,7 @@ def test_resuming_respects_the_queue_cap(demo, faces, queue_only):
 
 
 def test_training_data_must_come_from_the_data_root(demo, faces, tmp_path, queue_only):
-    from fvr_core.launcher import launch
+    from fvr_core.training.launcher import launch
 
     outside = make_class_folders(tmp_path / "elsewhere", 4, 4)
     with pytest.raises(DataError, match="only reads folders under its data folder"):
@@ -172,7 +172,7 @@ def test_typed_folders_outside_the_data_root_are_refused(demo, faces, tmp_path):
 
 
 def test_only_the_data_root_is_offered_or_chosen(demo, faces, tmp_path, monkeypatch):
-    from fvr_core.runs import Run
+    from fvr_core.runs.store import Run
 
     shared = tmp_path / "shared"
     make_class_folders(shared / "team-set", 3, 3)
@@ -208,7 +208,7 @@ def _calls(tree: ast.AST):
 
 
 def test_no_shell_anywhere_in_the_library_or_pages():
-    files = [*sorted((REPO / "fvr_core").glob("*.py")), *sorted((REPO / "pages").glob("*.py")), REPO / "streamlit_app.py"]
+    files = [*sorted((REPO / "fvr_core").rglob("*.py")), *sorted((REPO / "pages").glob("*.py")), REPO / "streamlit_app.py"]
     problems, processes = [], 0
     for path in files:
         for name, call in _calls(ast.parse(path.read_text(), str(path))):
@@ -222,11 +222,11 @@ def test_no_shell_anywhere_in_the_library_or_pages():
                 if not call.args or not isinstance(call.args[0], ast.List):
                     problems.append(f"{where}: a command that is not a list of arguments")
     assert not problems, problems
-    assert processes == 1  # launcher.start_worker: [sys.executable, "-m", "fvr_core", "worker", ...], no shell
+    assert processes == 1  # queue.start_worker: [sys.executable, "-m", "fvr_core", "worker", ...], no shell
 
 
 def test_a_typed_run_name_stays_data(demo, faces, queue_only, monkeypatch):
-    from fvr_core.launcher import launch
+    from fvr_core.training.launcher import launch
 
     monkeypatch.setenv("FVR_DEMO_MAX_QUEUED_RUNS", "10")
     demo = app_limits()
@@ -243,7 +243,7 @@ def test_a_typed_run_name_stays_data(demo, faces, queue_only, monkeypatch):
 
 
 def test_train_page_caps_and_refusals_are_messages(demo, faces, tmp_path, queue_only):
-    from fvr_core.estimate import measure_speed
+    from fvr_core.training.estimate import measure_speed
 
     measure_speed("cnn", 64, 32, budget_seconds=0.2)  # the page's estimate, cached for it
     at = page(app(faces), "train")
@@ -355,7 +355,7 @@ def offered(at) -> list[str]:
 def test_a_visitor_sees_only_the_uploads_of_their_own_session(demo, faces, queue_only):
     """Two sessions of the public app: each lists, previews and trains on its own upload only
     (plus the data root's sets), and cannot launch a run on the other's."""
-    from fvr_core.launcher import launch
+    from fvr_core.training.launcher import launch
 
     alice, bob = upload_on_data_page(page(app(), "data"), "alice.zip", data_zip()), page(app(), "data")
     upload_on_data_page(bob, "bob.zip", data_zip(5, (40, 160, 60)))
@@ -381,9 +381,9 @@ def test_outside_demo_mode_every_upload_is_listed_for_everyone(faces):
 
 
 def test_old_and_surplus_uploads_go_with_their_caches_unless_a_run_uses_them(demo, monkeypatch, queue_only):
-    from fvr_core.dataset import load_dataset
-    from fvr_core.launcher import launch
-    from fvr_core.uploads import extract_upload, list_uploads, prune_uploads
+    from fvr_core.data.dataset import load_dataset
+    from fvr_core.training.launcher import launch
+    from fvr_core.workspace.uploads import extract_upload, list_uploads, prune_uploads
 
     old, used, recent = (extract_upload(data_zip(4, c), demo, "s1") for c in ((200, 0, 0), (0, 200, 0), (0, 0, 200)))
     for folder in (old, used, recent):
@@ -408,7 +408,7 @@ def test_old_and_surplus_uploads_go_with_their_caches_unless_a_run_uses_them(dem
 
 
 def test_uploads_are_kept_outside_demo_mode(faces):
-    from fvr_core.uploads import extract_upload, prune_uploads
+    from fvr_core.workspace.uploads import extract_upload, prune_uploads
 
     folder = extract_upload(data_zip(), None, None)
     os.utime(folder / ".complete", (0, 0))
@@ -419,7 +419,7 @@ def test_uploads_are_kept_outside_demo_mode(faces):
 
 
 def test_only_the_session_that_started_a_run_can_stop_resume_or_delete_it(demo, faces, queue_only):
-    from fvr_core.launcher import launch, resume_in_background, stop
+    from fvr_core.training.launcher import launch, resume_in_background, stop
 
     alice = page(app(faces), "train")
     train_button(alice).click().run()
@@ -454,7 +454,7 @@ def test_only_the_session_that_started_a_run_can_stop_resume_or_delete_it(demo, 
 
 
 def test_the_library_enforces_the_demo_caps_whatever_the_caller_passes(demo, faces, queue_only, tmp_path):
-    from fvr_core.launcher import launch
+    from fvr_core.training.launcher import launch
 
     too_long = TrainConfig(data=str(faces), model="cnn", epochs=50, image_size=48)
     for limits in (None, settings.AppLimits()):  # none, or a local install's: demo mode's caps apply
@@ -468,8 +468,8 @@ def test_the_library_enforces_the_demo_caps_whatever_the_caller_passes(demo, fac
 
 
 def test_reference_runs_cannot_be_deleted_stopped_or_resumed_anywhere(reference_runs, monkeypatch):
-    from fvr_core.launcher import resume_in_background, stop
-    from fvr_core.training import resume
+    from fvr_core.training.launcher import resume_in_background, stop
+    from fvr_core.training.trainer import resume
 
     monkeypatch.setenv("FVR_REFERENCE_DIR", str(reference_runs))
     (shipped,) = RunStore(reference_runs).list()
@@ -481,8 +481,8 @@ def test_reference_runs_cannot_be_deleted_stopped_or_resumed_anywhere(reference_
 
 
 def test_photo_counts_are_capped_in_the_library_in_demo_mode(demo, reference_runs, monkeypatch, tmp_path):
-    from fvr_core.outside import list_photos, predict_photos
-    from fvr_core.predict import Predictor, predict_with_each, prepare_photos
+    from fvr_core.inference.outside import list_photos, predict_photos
+    from fvr_core.inference.predict import Predictor, predict_with_each, prepare_photos
 
     monkeypatch.setenv("FVR_DEMO_MAX_UPLOAD_FILES", "2")
     for i in range(4):

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import REPO
-from fvr_core.distributed import DistContext, shard
+from fvr_core.training.distributed import DistContext, shard
 
 
 def test_shards_are_disjoint_equal_and_cover_the_epoch():
@@ -77,7 +77,7 @@ def test_gradients_are_averaged_across_processes(demo_data, tmp_path):
     one step on the 16 images together: DDP averages the gradients (a rank stepping on its own
     would give a step on 8 images)."""
     from fvr_core.config import TrainConfig
-    from fvr_core.training import train
+    from fvr_core.training.trainer import train
 
     one_step = ["--max-steps", "1", "--optimizer", "sgd", "--momentum", "0", "--weight-decay", "0", "--lr", "0.5",
                 "--augment", "none", "--epochs", "1"]
@@ -99,7 +99,7 @@ def test_gradients_are_averaged_across_processes(demo_data, tmp_path):
 DISAGREEING_RANKS = """
 import sys
 
-import fvr_core.training as training
+import fvr_core.training.trainer as training
 
 evaluate = training.Trainer._evaluate
 

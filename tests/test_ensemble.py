@@ -12,14 +12,14 @@ import torch
 
 from conftest import make_planted_folders
 from fvr_core import cli
-from fvr_core.compare import best_run_per_model, best_runs_above_chance, comparison_table
+from fvr_core.report.compare import best_run_per_model, best_runs_above_chance, comparison_table
 from fvr_core.config import TrainConfig
-from fvr_core.dataset import load_dataset
-from fvr_core.ensemble import make_ensemble
-from fvr_core.evaluation import evaluate_run
-from fvr_core.predict import Predictor
-from fvr_core.runs import COMPLETED, Run, RunError
-from fvr_core.training import train
+from fvr_core.data.dataset import load_dataset
+from fvr_core.inference.ensembles import make_ensemble
+from fvr_core.inference.evaluation import evaluate_run
+from fvr_core.inference.predict import Predictor
+from fvr_core.runs.store import COMPLETED, Run, RunError
+from fvr_core.training.trainer import train
 
 SIZE = 48
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from fvr_core.config import TrainConfig
-from fvr_core.estimate import DECODE_SECONDS_PER_IMAGE, Speed, estimate_run, format_duration, measure_speed
+from fvr_core.training.estimate import DECODE_SECONDS_PER_IMAGE, Speed, estimate_run, format_duration, measure_speed
 from fvr_core.settings import cache_root
 
 
@@ -48,7 +48,7 @@ def test_estimate_counts_the_steps_images_and_evaluations_a_real_run_makes(chang
     must equal what the trainer really did: its steps, the images it trained on (a last partial
     batch, an epoch cut by max_steps), a validation pass per epoch and one test pass."""
     from conftest import make_class_folders
-    from fvr_core.training import train
+    from fvr_core.training.trainer import train
 
     data = make_class_folders(tmp_path / "data", 12, 12, size=(32, 32))
     config = TrainConfig(data=str(data), model="tiny_cnn", image_size=48, threads=1, **{"batch_size": 8, **changes})
@@ -131,7 +131,7 @@ def test_estimate_without_a_speed_measures_the_configured_model():
 
 @pytest.fixture
 def finished_run(demo_data):
-    from fvr_core.training import train
+    from fvr_core.training.trainer import train
 
     config = TrainConfig(data=str(demo_data), model="cnn", epochs=2, image_size=48, batch_size=16, device="cpu")
     run = train(config)
@@ -140,8 +140,8 @@ def finished_run(demo_data):
 
 
 def test_a_finished_run_is_the_first_source_and_predicts_itself(finished_run):
-    from fvr_core.estimate import observed_speed, speed_for
-    from fvr_core.runs import RunStore
+    from fvr_core.training.estimate import observed_speed, speed_for
+    from fvr_core.runs.store import RunStore
 
     config, run = finished_run
     runs = RunStore().list()
@@ -159,8 +159,8 @@ def test_a_finished_run_is_the_first_source_and_predicts_itself(finished_run):
 
 
 def test_a_measurement_that_disagrees_with_a_finished_run_is_dropped(finished_run):
-    from fvr_core.estimate import _cache_key, _threads_used, speed_for
-    from fvr_core.runs import RunStore
+    from fvr_core.training.estimate import _cache_key, _threads_used, speed_for
+    from fvr_core.runs.store import RunStore
 
     config, _ = finished_run
     key = _cache_key("cnn", 48, 16, "cpu", _threads_used(0, "cpu"))
@@ -172,7 +172,7 @@ def test_a_measurement_that_disagrees_with_a_finished_run_is_dropped(finished_ru
 
 
 def test_a_stale_measurement_is_taken_again():
-    from fvr_core.estimate import STALE_SECONDS, speed_for
+    from fvr_core.training.estimate import STALE_SECONDS, speed_for
 
     config = TrainConfig(data="x", model="cnn", image_size=48, batch_size=8, device="cpu")
     first = measure_speed("cnn", 48, batch_size=8, budget_seconds=0.2)
@@ -187,7 +187,7 @@ def test_a_stale_measurement_is_taken_again():
 
 
 def test_all_four_together_add_up_and_decode_once():
-    from fvr_core.estimate import estimate_runs
+    from fvr_core.training.estimate import estimate_runs
 
     sizes = {"train": 480, "val": 160, "test": 160}
     configs = [TrainConfig(data="x", model=m, epochs=2) for m in ("cnn", "resnet18")]

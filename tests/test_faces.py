@@ -1,4 +1,4 @@
-"""Face detection and training-like framing (fvr_core.faces) on the shared real faces."""
+"""Face detection and training-like framing (fvr_core.inference.faces) on the shared real faces."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fvr_core import faces
-from fvr_core.faces import FACE_MARGIN, FaceBox, crop_box, cut_square, detect_faces, face_crops
-from fvr_core.images import ImageError, load_rgb
+from fvr_core.inference import faces
+from fvr_core.inference.faces import FACE_MARGIN, FaceBox, crop_box, cut_square, detect_faces, face_crops
+from fvr_core.data.images import ImageError, load_rgb
 
 needs_detector = pytest.mark.skipif(importlib.util.find_spec("facenet_pytorch") is None,
                                     reason="facenet-pytorch is not installed (requirements.txt has it)")

@@ -9,14 +9,14 @@ import torch
 from PIL import Image
 
 from conftest import make_planted_folders
-from fvr_core.augment import normalize
-from fvr_core.checkpoint import load_checkpoint, save_checkpoint
+from fvr_core.data.augment import normalize
+from fvr_core.runs.checkpoint import load_checkpoint, save_checkpoint
 from fvr_core.config import TrainConfig
-from fvr_core.evaluation import evaluate_run
-from fvr_core.forensic import CoocDetector, fit_cooc
-from fvr_core.predict import Predictor
-from fvr_core.runs import COMPLETED
-from fvr_core.training import train
+from fvr_core.inference.evaluation import evaluate_run
+from fvr_core.models.forensic import CoocDetector, fit_cooc
+from fvr_core.inference.predict import Predictor
+from fvr_core.runs.store import COMPLETED
+from fvr_core.training.trainer import train
 
 SIZE = 48
 
@@ -55,7 +55,7 @@ def test_cooc_detector_learns_the_pattern_in_one_fit_and_is_calibrated(planted_d
 
 
 def test_cooc_detector_save_and_load_give_identical_probabilities(planted_data, tmp_path):
-    from fvr_core.dataset import load_dataset
+    from fvr_core.data.dataset import load_dataset
 
     images = load_dataset(planted_data, SIZE).images
     x = normalize(torch.from_numpy(np.array(images)))  # a writable copy of the memory-mapped cache
@@ -99,7 +99,7 @@ def _histogram_by_definition(symbols: np.ndarray, dy: int, dx: int) -> np.ndarra
 
 
 def test_cooc_histograms_count_neighbour_triples_in_each_direction():
-    from fvr_core.forensic import NEIGHBOURS, CoocFeatures
+    from fvr_core.models.forensic import NEIGHBOURS, CoocFeatures
 
     symbols = torch.from_numpy(np.random.default_rng(0).integers(0, 5, size=(1, 1, 9, 11), dtype=np.uint8))
     features = CoocFeatures("hvda")
@@ -119,7 +119,7 @@ def test_four_direction_features_extend_the_two_direction_ones():
 
 
 def test_both_detectors_predict_photos_through_the_ordinary_path(planted_data, tmp_path):
-    from fvr_core.saliency import saliency_for
+    from fvr_core.inference.saliency import saliency_for
 
     photo = sorted((planted_data / "fake").glob("*.png"))[0]
     for model in ("cooc_lr", "srm_net"):

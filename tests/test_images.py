@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from conftest import write_image
-from fvr_core.images import MAX_IMAGE_PIXELS, ImageError, load_rgb, prepare_image, resize_center_crop
+from fvr_core.data.images import MAX_IMAGE_PIXELS, ImageError, load_rgb, prepare_image, resize_center_crop
 
 
 def assert_rgb8(img: Image.Image, size) -> np.ndarray:
@@ -163,7 +163,7 @@ def test_decompression_bomb_is_refused_before_decoding(tmp_path):
 
 
 def test_limit_follows_max_image_pixels(tmp_path, monkeypatch):
-    import fvr_core.images as images
+    import fvr_core.data.images as images
 
     monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 1000)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)

@@ -11,9 +11,9 @@ import pytest
 
 from conftest import make_class_folders
 from fvr_core.config import TrainConfig
-from fvr_core.launcher import launch, prewarm, start_worker, stop, wait
-from fvr_core.runs import COMPLETED, INTERRUPTED, QUEUED, RUNNING, STOPPED, RunStore, process_alive
-from fvr_core.training import RESUMABLE, resume
+from fvr_core.training.launcher import launch, prewarm, start_worker, stop, wait
+from fvr_core.runs.store import COMPLETED, INTERRUPTED, QUEUED, RUNNING, STOPPED, RunStore, process_alive
+from fvr_core.training.trainer import RESUMABLE, resume
 
 
 @pytest.fixture(scope="module")

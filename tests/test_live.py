@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 
 from fvr_core.config import TrainConfig
-from fvr_core.live import batch_summary, ended_badly, live_poll_seconds, run_choice_label, run_to_follow
-from fvr_core.runs import COMPLETED, DIVERGED, FAILED, QUEUED, RUNNING, STOPPED, RunStore, own_process_identity
+from fvr_core.report.live import batch_summary, ended_badly, live_poll_seconds, run_choice_label, run_to_follow
+from fvr_core.runs.store import COMPLETED, DIVERGED, FAILED, QUEUED, RUNNING, STOPPED, RunStore, own_process_identity
 
 
 def make_runs(*states: str):

@@ -8,8 +8,8 @@ import urllib.error
 import pytest
 import torch
 
-from fvr_core.cnn import ReconstructedCNN, WriteupCNN
-from fvr_core.models import MODELS, ModelError, build_model, get_spec
+from fvr_core.models.cnn import ReconstructedCNN, WriteupCNN
+from fvr_core.models.registry import MODELS, ModelError, build_model, get_spec
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -146,7 +146,7 @@ def test_pooling_before_relu_keeps_the_original_outputs_and_gradients():
 def test_a_checkpoint_saved_as_cnn_by_the_old_model_loads_as_cnn_v0(tmp_path):
     """Runs trained before `cnn` became the write-up's model name "cnn" in their JSON: their
     weights must load into the model they fit (cnn_v0), never fail or half-load into the new one."""
-    from fvr_core.checkpoint import load_checkpoint, save_checkpoint
+    from fvr_core.runs.checkpoint import load_checkpoint, save_checkpoint
 
     old = ReconstructedCNN().eval()
     save_checkpoint(tmp_path / "best", old, {"model": "cnn", "image_size": 64})
@@ -158,7 +158,7 @@ def test_a_checkpoint_saved_as_cnn_by_the_old_model_loads_as_cnn_v0(tmp_path):
 
 
 def test_new_cnn_checkpoints_load_as_cnn(tmp_path):
-    from fvr_core.checkpoint import load_checkpoint, save_checkpoint
+    from fvr_core.runs.checkpoint import load_checkpoint, save_checkpoint
 
     save_checkpoint(tmp_path / "best", WriteupCNN(), {"model": "cnn", "image_size": 64})
     model, meta = load_checkpoint(tmp_path / "best.safetensors")
@@ -171,7 +171,7 @@ def test_only_the_classical_detectors_have_no_saliency_layer_and_are_fitted_in_o
 
 
 def test_srm_net_sees_the_residual_at_full_resolution_before_any_pooling():
-    from fvr_core.forensic import Residuals
+    from fvr_core.models.forensic import Residuals
 
     model = build_model("srm_net").eval()
     assert isinstance(model.features[0], Residuals)

@@ -13,10 +13,10 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from conftest import REPO, make_class_folders, write_image
-from fvr_core.calibration import load_calibration
+from fvr_core.inference.calibration import load_calibration
 from fvr_core.config import TrainConfig
-from fvr_core.robustness import CORRUPTIONS, load_robustness
-from fvr_core.runs import ACTIVE_STATES, COMPLETED, RunStore
+from fvr_core.inference.robustness import CORRUPTIONS, load_robustness
+from fvr_core.runs.store import ACTIVE_STATES, COMPLETED, RunStore
 
 TIMEOUT = 120
 
@@ -52,7 +52,7 @@ def no_traceback(at: AppTest) -> None:
 @pytest.fixture
 def trained_run(demo_data):
     """A finished run of the small CNN on the demo set (trained in this process)."""
-    from fvr_core.training import train
+    from fvr_core.training.trainer import train
 
     run = train(TrainConfig(data=str(demo_data), model="tiny_cnn", epochs=2, image_size=48, batch_size=16))
     assert run.state == COMPLETED
@@ -212,7 +212,7 @@ def test_train_launches_a_background_run_and_the_live_view_follows_it(demo_data)
 
 
 def test_a_diverged_run_says_so_with_the_hint(demo_data):
-    from fvr_core.training import DIVERGENCE_HINT, train
+    from fvr_core.training.trainer import DIVERGENCE_HINT, train
 
     run = train(TrainConfig(data=str(demo_data), model="tiny_cnn", epochs=1, image_size=48, lr=1e9, batch_size=8))
     assert run.state == "diverged"
@@ -222,7 +222,7 @@ def test_a_diverged_run_says_so_with_the_hint(demo_data):
 
 
 def test_train_all_four_queues_the_original_models(demo_data, monkeypatch):
-    import fvr_core.launcher as launcher
+    import fvr_core.training.launcher as launcher
 
     monkeypatch.setattr(launcher, "start_worker", lambda *a, **k: None)  # queue only: vgg19 would take minutes
     at = page(app(demo_data), "train")
@@ -345,7 +345,7 @@ def test_predict_without_models_says_so():
 
 def test_reference_runs_work_on_a_fresh_clone_before_any_training(demo_data, tmp_path, monkeypatch):
     """Runs shipped in checkpoints/reference show in Compare and predict on Predict with no run of one's own."""
-    from fvr_core.training import train
+    from fvr_core.training.trainer import train
 
     reference = tmp_path / "reference"
     shipped = train(TrainConfig(data=str(demo_data), model="tiny_cnn", epochs=1, image_size=48, batch_size=16), runs_dir=reference)
@@ -381,8 +381,8 @@ def test_the_first_page_needs_no_torch():
 
     # also what the CLI's parser and Compare import, and the modules that load torch, captum or
     # facenet-pytorch only when a prediction, a saliency map or a face search needs them
-    modules = "fvr_core, fvr_core.compare, fvr_core.datasources, fvr_core.charts, fvr_core.launcher, fvr_core.cli, " \
-              "fvr_core.calibration, fvr_core.robustness, fvr_core.outside, fvr_core.faces, fvr_core.saliency"
+    modules = "fvr_core, fvr_core.report.compare, fvr_core.workspace.datasources, fvr_core.report.charts, fvr_core.training.launcher, fvr_core.cli, " \
+              "fvr_core.inference.calibration, fvr_core.inference.robustness, fvr_core.inference.outside, fvr_core.inference.faces, fvr_core.inference.saliency"
     code = f"import sys, {modules}; fvr_core.cli.build_parser(); print([m for m in ('torch', 'captum', 'facenet_pytorch') if m in sys.modules])"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert result.stdout.strip() == "[]", result.stderr

@@ -12,11 +12,11 @@ import torch
 from PIL import Image
 
 from conftest import make_class_folders, write_image
-from fvr_core.calibration import load_calibration
+from fvr_core.inference.calibration import load_calibration
 from fvr_core.config import TrainConfig
-from fvr_core.outside import OutsideError, evaluate_labelled, labelled_photos, list_photos
-from fvr_core.predict import Predictor, predict_with_each, prepare_photos
-from fvr_core.training import train
+from fvr_core.inference.outside import OutsideError, evaluate_labelled, labelled_photos, list_photos
+from fvr_core.inference.predict import Predictor, predict_with_each, prepare_photos
+from fvr_core.training.trainer import train
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +119,7 @@ def test_a_labelled_folder_from_class_folders_and_clear_errors(tmp_path):
 
 
 def test_scores_count_photos_by_their_largest_face():
-    from fvr_core.outside import OutsidePhoto
+    from fvr_core.inference.outside import OutsidePhoto
 
     photos = [OutsidePhoto(None, "group.jpg", 1), OutsidePhoto(None, "solo.jpg", 0)]
     rows = [
@@ -148,7 +148,7 @@ def large_photo(seed: int, size=(6000, 4000)) -> bytes:
 
 
 def test_the_photo_cache_keeps_display_size_pictures_within_its_byte_cap():
-    from fvr_core.predict import DISPLAY_SIDE, PhotoCache
+    from fvr_core.inference.predict import DISPLAY_SIDE, PhotoCache
 
     cache = PhotoCache(max_bytes=8 * 1024**2)
     photos = [large_photo(i) for i in range(3)]
@@ -167,7 +167,7 @@ def test_the_photo_cache_keeps_display_size_pictures_within_its_byte_cap():
 def test_display_copies_predict_like_the_originals(run):
     """The page predicts from the display copy: a face crop scaled to at most 1024 px first gives
     the model (48 px here) the same answer within a hair."""
-    from fvr_core.predict import for_display, prepare_photo
+    from fvr_core.inference.predict import for_display, prepare_photo
 
     data = large_photo(7, (2400, 1800))
     predictor = Predictor.from_run(run)
@@ -184,8 +184,8 @@ def test_measurements_started_from_pages_wait_for_a_prediction_slot(monkeypatch,
     import threading
     import time
 
-    from fvr_core.estimate import measure_speed
-    from fvr_core.robustness import evaluate_robustness
+    from fvr_core.training.estimate import measure_speed
+    from fvr_core.inference.robustness import evaluate_robustness
     from fvr_core.settings import prediction_slot
 
     monkeypatch.setenv("FVR_PAGE_PREDICTIONS", "1")

@@ -12,11 +12,11 @@ from PIL import Image
 from conftest import make_class_folders
 from fvr_core.config import TrainConfig
 from fvr_core.metrics import classification_metrics
-from fvr_core.predict import Predictor
-from fvr_core.reference import export_reference, reference_info
-from fvr_core.runs import COMPLETED, RunError, RunStore
+from fvr_core.inference.predict import Predictor
+from fvr_core.runs.reference import export_reference, reference_info
+from fvr_core.runs.store import COMPLETED, RunError, RunStore
 from fvr_core.settings import PROJECT_ROOT, beside_project, portable_data_path
-from fvr_core.training import train
+from fvr_core.training.trainer import train
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def test_an_fp16_export_keeps_small_tensors_in_fp32_when_they_fit(tmp_path):
     import torch
     from safetensors.torch import load_file, save_file
 
-    from fvr_core.reference import KEEP_FP32_BELOW, _write_weights
+    from fvr_core.runs.reference import KEEP_FP32_BELOW, _write_weights
 
     large, small = torch.randn(KEEP_FP32_BELOW), torch.full((100,), 1e-5) + torch.rand(100) * 1e-3
     save_file({"conv": large, "scale": small}, str(tmp_path / "fp32.safetensors"))
@@ -75,7 +75,7 @@ def test_only_completed_runs_ship(run, tmp_path):
 
 
 def test_an_ensemble_averages_the_runs_test_probabilities(run, tmp_path):
-    from fvr_core.compare import ensemble_test_metrics, test_predictions
+    from fvr_core.report.compare import ensemble_test_metrics, test_predictions
 
     alone = ensemble_test_metrics([run])
     assert alone["accuracy"] == pytest.approx(run.test_metrics()["accuracy"])

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import make_class_folders
-from fvr_core.robustness import (
+from fvr_core.inference.robustness import (
     CORRUPTIONS, ROBUSTNESS_FILE, apply_corruption, evaluate_robustness, load_robustness,
 )
 
@@ -98,7 +98,7 @@ def test_bad_input_says_what_is_wrong():
 def test_the_robust_augmentation_downscales_like_the_corruption():
     """Training with augment="robust" shrinks and enlarges images back, as downscale0.5 does."""
     torch = pytest.importorskip("torch")
-    from fvr_core.augment import _downscale
+    from fvr_core.data.augment import _downscale
 
     images = torch.from_numpy(photo_like(n=8, seed=6))
     out = _downscale(images, 1.0, torch.Generator().manual_seed(0))
@@ -115,7 +115,7 @@ def test_the_robust_augmentation_downscales_like_the_corruption():
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory):
     from fvr_core.config import TrainConfig
-    from fvr_core.training import train
+    from fvr_core.training.trainer import train
 
     root = make_class_folders(tmp_path_factory.mktemp("colours"), n_fake=20, n_real=20, size=(32, 32))
     config = TrainConfig(data=str(root), model="tiny_cnn", epochs=3, image_size=48, batch_size=8, threads=1)
@@ -125,7 +125,7 @@ def small_run(tmp_path_factory):
 
 
 def test_evaluate_robustness_on_a_run(small_run):
-    from fvr_core.evaluation import evaluate_run
+    from fvr_core.inference.evaluation import evaluate_run
 
     rows = evaluate_robustness(small_run, temperature=1.0)
     assert [r["corruption"] for r in rows] == list(CORRUPTIONS)
@@ -155,14 +155,14 @@ def test_evaluate_robustness_subset_and_validation_split(small_run):
 
 
 def test_no_report_yet(tmp_path):
-    from fvr_core.runs import Run
+    from fvr_core.runs.store import Run
 
     assert load_robustness(Run(tmp_path)) is None
 
 
 def test_progress_is_reported_and_the_time_is_told_beforehand(small_run):
-    from fvr_core.robustness import robustness_seconds
-    from fvr_core.runs import Run
+    from fvr_core.inference.robustness import robustness_seconds
+    from fvr_core.runs.store import Run
 
     expected = robustness_seconds(small_run)
     assert expected is not None and expected > 0

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from fvr_core.config import TrainConfig
-from fvr_core.runs import COMPLETED, INTERRUPTED, QUEUED, RUNNING, Run, RunError, RunStore, own_process_identity
+from fvr_core.runs.store import COMPLETED, INTERRUPTED, QUEUED, RUNNING, Run, RunError, RunStore, own_process_identity
 
 
 def make_run(store: RunStore, **changes) -> Run:

@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fvr_core.augment import normalize
-from fvr_core.models import MODELS, build_model, get_spec, has_saliency
-from fvr_core.saliency import gradcam, overlay, saliency_for, turbo
+from fvr_core.data.augment import normalize
+from fvr_core.models.registry import MODELS, build_model, get_spec, has_saliency
+from fvr_core.inference.saliency import gradcam, overlay, saliency_for, turbo
 from fvr_core.settings import FAKE, REAL
 
 torch.set_num_threads(1)
@@ -120,7 +120,7 @@ def test_hand_set_model_and_empty_maps(monkeypatch):
     for target in (FAKE, REAL):
         assert not gradcam(Planted(1.0, 1.0), image, target, "features").any()
     # evidence against the class only: an empty map, reported as such and drawn untinted
-    import fvr_core.models as models
+    import fvr_core.models.registry as models
 
     monkeypatch.setitem(models.MODELS, "planted", models.ModelSpec("planted", lambda pretrained: Planted(0, 0), S, 8,
                                                                    "features", False, "test"))
@@ -367,7 +367,7 @@ def test_bad_arguments(trained_cnn):
 
 
 def test_rounding_noise_is_not_stretched_into_a_map():
-    from fvr_core.saliency import _normalise
+    from fvr_core.inference.saliency import _normalise
 
     cam = np.full((4, 4), -5.0, np.float32)
     cam[0, 0] = 1e-6  # positive only by float noise against the negative evidence
@@ -398,7 +398,7 @@ class OneCell(nn.Module):
 
 
 def test_a_uniform_map_says_so_instead_of_a_wash(monkeypatch):
-    import fvr_core.models as models
+    import fvr_core.models.registry as models
 
     monkeypatch.setitem(models.MODELS, "onecell", models.ModelSpec("onecell", lambda pretrained: OneCell(), S, 8,
                                                                    "features", False, "test"))

@@ -1,4 +1,4 @@
-"""Hyperparameter searches (fvr_core.search, `python -m fvr_core search`/`searches`, the Search page):
+"""Hyperparameter searches (fvr_core.training.search, `python -m fvr_core search`/`searches`, the Search page):
 end to end on the synthetic demo set with small models, a pruned trial that reads "pruned at
 epoch k", a failed trial the search goes past, stopping a search as a whole, resuming after its
 worker is killed, demo-mode caps and the errors a user can make."""
@@ -19,8 +19,9 @@ from streamlit.testing.v1 import AppTest
 from conftest import REPO
 from fvr_core import cli
 from fvr_core.config import ConfigError, TrainConfig
-from fvr_core.runs import COMPLETED, PRUNED, RunStore
-from fvr_core.search import (PRUNERS, SearchSpec, SearchStore, make_range, parse_range, run_search, train_page_values)
+from fvr_core.runs.store import COMPLETED, PRUNED, RunStore
+from fvr_core.training.search import run_search
+from fvr_core.training.searches import PRUNERS, SearchSpec, SearchStore, make_range, parse_range, train_page_values
 from fvr_core.settings import DEMO_MODELS, app_limits
 
 # small and quick: 48 px, 1-2 epochs; mobilenet_v3_small where the test does not need the cnn

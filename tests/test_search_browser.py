@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import expect
 
-from fvr_core.search import SearchStore
+from fvr_core.training.searches import SearchStore
 from test_browser import CHROMIUM, VIEWPORT, browser, open_page, server, shot  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.skipif(

@@ -14,16 +14,17 @@ import pytest
 import torch
 
 from conftest import SHARED_DATASETS, make_class_folders, write_image
-from fvr_core.augment import BatchAugmenter
-from fvr_core.augment_levels import AUGMENTATIONS
+from fvr_core.data.augment import BatchAugmenter
+from fvr_core.data.augment_levels import AUGMENTATIONS
 from fvr_core.cli import main
 from fvr_core.config import ConfigError, TrainConfig
-from fvr_core.dataset import (DataError, ImageSet, load_dataset, parse_sources, per_source_recall, split_ids,
+from fvr_core.data.dataset import (DataError, ImageSet, load_dataset, parse_sources, per_source_recall, split_ids,
                               stratified_split)
-from fvr_core.heldout import evaluate_held_out, held_out_results, leave_one_generator_out, without_sources
-from fvr_core.runs import COMPLETED, RunStore
+from fvr_core.inference.heldout import evaluate_held_out, held_out_results
+from fvr_core.training.leave_one_out import leave_one_generator_out, without_sources
+from fvr_core.runs.store import COMPLETED, RunStore
 from fvr_core.settings import FAKE, IMAGENET_MEAN, IMAGENET_STD, REAL
-from fvr_core.training import class_loss_weights, selection_score, train
+from fvr_core.training.trainer import class_loss_weights, selection_score, train
 
 
 # a light model (1.5 M parameters: 30 MB a run folder, where the cnn's is 100 MB) on tiny images
@@ -188,7 +189,7 @@ def test_a_multi_source_run_reports_per_source_recall_of_its_test_split(multi_ru
 
 
 def test_compare_table_lists_each_source(multi_run):
-    from fvr_core.compare import comparison_table, per_source_table
+    from fvr_core.report.compare import comparison_table, per_source_table
 
     row = comparison_table([multi_run]).iloc[0]
     assert (row["sources"], row["select_metric"], row["class_weights"]) == (3, "val_balanced_accuracy", "balanced")

@@ -15,9 +15,9 @@ from safetensors.torch import load_file
 
 from conftest import make_class_folders
 from fvr_core.config import TrainConfig
-from fvr_core.dataset import DataError
-from fvr_core.runs import COMPLETED, DIVERGED, FAILED, STOPPED, RunStore
-from fvr_core.training import resume, train
+from fvr_core.data.dataset import DataError
+from fvr_core.runs.store import COMPLETED, DIVERGED, FAILED, STOPPED, RunStore
+from fvr_core.training.trainer import resume, train
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +85,7 @@ def test_memory_layout_does_not_change_what_is_learnt(colour_data, tmp_path):
 
 
 def test_compiled_training_completes_and_its_checkpoint_loads_plainly(colour_data, tmp_path, monkeypatch):
-    from fvr_core.predict import Predictor
+    from fvr_core.inference.predict import Predictor
 
     # inductor's kernels and headers (about 150 MB) go in this test's folder, removed when it passes
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
@@ -106,7 +106,7 @@ def test_stop_request_ends_the_run_within_one_step(colour_data, tmp_path):
 
     store = RunStore(tmp_path)
     holder["run"] = run = store.create(small(colour_data, epochs=5))
-    from fvr_core.training import Trainer
+    from fvr_core.training.trainer import Trainer
 
     Trainer(run, progress).fit()
     assert run.state == STOPPED
@@ -147,7 +147,7 @@ def test_resume_after_a_stop_matches_an_uninterrupted_run(colour_data, tmp_path)
     """Stop after epoch 1, resume: the same weights as three epochs in one go (same seed)."""
     full = train(small(colour_data, epochs=3), runs_dir=tmp_path / "full")
 
-    from fvr_core.training import Trainer
+    from fvr_core.training.trainer import Trainer
 
     store = RunStore(tmp_path / "cut")
     run = store.create(small(colour_data, epochs=3))
@@ -182,7 +182,7 @@ def test_training_on_native_crops_evaluates_whole_images(colour_data, tmp_path):
 
 
 def test_random_crops_are_untouched_windows_of_each_image():
-    from fvr_core.augment import random_crop
+    from fvr_core.data.augment import random_crop
 
     images = torch.arange(4 * 3 * 20 * 20, dtype=torch.int32).reshape(4, 3, 20, 20)
     crops = random_crop(images, 8, torch.Generator().manual_seed(0))
