@@ -22,7 +22,7 @@ from fvr_core.settings import reference_root
 
 def label(run) -> str:
     config = run.config
-    if config.model in ("cooc_lr", "ensemble"):  # fitted in one pass or made of other runs: no epochs or lr
+    if config.model in ("cooc_lr", "cooc_lr4", "ensemble"):  # fitted in one pass or made of other runs: no epochs or lr
         return f"{config.model}, {config.image_size} px" + (f" ({config.name})" if config.name else "")
     extra = [f"lr {config.lr:g}"] + ([f"clip {config.grad_clip:g}"] if config.grad_clip else [])
     extra += [f"augment {config.augment}"] if config.augment != "none" else []
