@@ -17,7 +17,7 @@ from fvr_core.training.launcher import launch, prewarm, resume_in_background, st
 from fvr_core.report.live import batch_summary, ended_badly, live_poll_seconds, run_choice_label, run_to_follow
 from fvr_core.models.registry import MODELS
 from fvr_core.runs.store import ACTIVE_STATES, COMPLETED, DIVERGED, FAILED, INTERRUPTED, QUEUED, RUNNING, STOPPED, RunError, RunStore
-from fvr_core.training.trainer import RESUMABLE
+from fvr_core.runs.store import RESUMABLE
 from fvr_core.settings import worker_idle_seconds
 from pages._common import data_overview, demo_banner, limits, session_id, show_current_dataset
 

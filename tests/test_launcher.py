@@ -13,7 +13,8 @@ from conftest import make_class_folders
 from fvr_core.config import TrainConfig
 from fvr_core.training.launcher import launch, prewarm, start_worker, stop, wait
 from fvr_core.runs.store import COMPLETED, INTERRUPTED, QUEUED, RUNNING, STOPPED, RunStore, process_alive
-from fvr_core.training.trainer import RESUMABLE, resume
+from fvr_core.runs.store import RESUMABLE
+from fvr_core.training.trainer import resume
 
 
 @pytest.fixture(scope="module")

@@ -42,6 +42,7 @@ QUEUED, RUNNING, COMPLETED, STOPPED, DIVERGED, FAILED, INTERRUPTED, PRUNED = (
 # pruned: a search's trial stopped early by its pruner (fvr_core.training.search), through the stop file
 STATES = (QUEUED, RUNNING, COMPLETED, STOPPED, DIVERGED, FAILED, INTERRUPTED, PRUNED)
 ACTIVE_STATES = (QUEUED, RUNNING)
+RESUMABLE = (INTERRUPTED, STOPPED, FAILED)  # what resume continues from the last checkpoint
 HEARTBEAT_SECONDS = 5.0
 STALE_AFTER_SECONDS = 60.0  # a heartbeat this old means the process is gone (e.g. on another host)
 

@@ -19,14 +19,14 @@ from filelock import FileLock, Timeout
 
 from fvr_core.config import TrainConfig, check_limits
 from fvr_core.data.dataset import parse_sources, resolve_sources
-from fvr_core.runs.store import QUEUED, RUNNING, STOPPED, Run, RunError, RunStore
+from fvr_core.runs.store import QUEUED, RESUMABLE, RUNNING, STOPPED, Run, RunError, RunStore
 from fvr_core.files import now_iso
 from fvr_core import settings
 from fvr_core.settings import AppLimits
 from fvr_core.training.queue import DEFAULT_MAX_CONCURRENT, check_room, queue_lock, start_worker
 from fvr_core.training.signals import stop_on_sigterm, terminated
 from fvr_core.training.search import run_search
-from fvr_core.training.searches import next_queued_search
+from fvr_core.training.searches import has_queued_search, next_queued_search
 from fvr_core.workspace.uploads import check_visible
 
 
@@ -130,7 +130,6 @@ def work(runs_root: str | Path, max_concurrent: int = DEFAULT_MAX_CONCURRENT, id
 
             while not terminated() and (run := _next_queued_within(store, idle_seconds)) is not None:
                 if not isinstance(run, Run):  # a search: its trials train here, one after another
-
                     try:
                         run_search(run, cpu_share=max_concurrent)
                     except KeyboardInterrupt:
@@ -156,8 +155,6 @@ def work(runs_root: str | Path, max_concurrent: int = DEFAULT_MAX_CONCURRENT, id
                     return trained
         # a run queued after our last look but before we let go of the slot found the slot
         # taken and its worker left: look once more now that the slot is free
-        from fvr_core.training.searches import has_queued_search
-
         if terminated() or (not store.list(state=QUEUED) and not has_queued_search(store.root)):
             return trained
         time.sleep(0.05)
@@ -168,8 +165,6 @@ def resume_in_background(run: Run, max_concurrent: int = DEFAULT_MAX_CONCURRENT,
     """Queue an interrupted, stopped or failed run to continue from its last checkpoint in a
     background worker (as `resume` does in this process). With `limits` (always in demo mode), a
     queue already as long as they allow raises RunError, and so does a run `owner` did not start."""
-    from fvr_core.training.trainer import RESUMABLE  # loads torch: here, not when the module loads (start-up speed)
-
     limits = _limits_for(limits)
     run.check_may_change("resume", limits, owner)
     if limits is not None:

@@ -35,7 +35,8 @@ from fvr_core.data.dataset import load_dataset, per_source_recall, require_train
 from fvr_core.inference.evaluation import classification_metrics, predict_logits, prob_fake_from_logits
 from fvr_core.training.signals import Terminated
 from fvr_core.models.registry import build_model, get_spec
-from fvr_core.runs.store import COMPLETED, DIVERGED, FAILED, HEARTBEAT_SECONDS, INTERRUPTED, PRUNED, RUNNING, STOPPED, Run, RunError, RunStore, own_process_identity
+from fvr_core.runs.store import (COMPLETED, DIVERGED, FAILED, HEARTBEAT_SECONDS, PRUNED, RESUMABLE, RUNNING, STOPPED, Run,
+                                  RunError, RunStore, own_process_identity)
 from fvr_core.files import atomic_file, atomic_write_json, atomic_write_text, crash_point, now_iso
 from fvr_core.settings import CLASSES
 
@@ -599,9 +600,6 @@ def _scratch_run_unless_main(context: distributed.DistContext, run_path: str, co
             yield RunStore(scratch).create(config)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-
-
-RESUMABLE = (INTERRUPTED, STOPPED, FAILED)
 
 
 def _trained_as_reconstructed_cnn(folder: Path) -> bool:
