@@ -21,7 +21,7 @@ import cachetools
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from fvr_core.inference.calibration import load_calibration, verdict
 from fvr_core.runs.checkpoint import check_temperature, load_checkpoint
@@ -30,7 +30,6 @@ from fvr_core.data.images import ImageError, ImageSource, load_rgb, prepare_imag
 from fvr_core.runs.store import Run
 from fvr_core import settings
 from fvr_core.settings import FAKE, NOT_JUDGED, unsure_band as default_unsure_band
-from PIL import ImageDraw
 from fvr_core.inference.faces import face_crops
 from fvr_core.inference.saliency import overlay
 from fvr_core.inference.saliency import saliency_for

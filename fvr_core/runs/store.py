@@ -31,10 +31,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+import psutil
+
 from fvr_core import settings
 from fvr_core.config import TrainConfig
 from fvr_core.files import atomic_write_json, atomic_write_text, crash_due, now_iso, read_json, read_jsonl
-import psutil
 
 QUEUED, RUNNING, COMPLETED, STOPPED, DIVERGED, FAILED, INTERRUPTED, PRUNED = (
     "queued", "running", "completed", "stopped", "diverged", "failed", "interrupted", "pruned",
@@ -99,7 +100,6 @@ class JobFolder:
     search (fvr_core.training.searches). `status()` reports a job whose process died as interrupted."""
 
     path: Path
-    DEFAULT_STATE = QUEUED
     DIED_MESSAGE = "the process ended without finishing (killed or crashed); resume it to go on"
 
     @property
@@ -130,7 +130,7 @@ class JobFolder:
         return self.status()["state"]
 
     def _default_state(self) -> str:
-        return self.DEFAULT_STATE
+        return QUEUED
 
     def _owner_alive(self, status: dict) -> bool:
         return process_alive(status.get("pid"), status.get("pid_start"))
