@@ -18,41 +18,17 @@ import torch
 from fvr_core import settings
 from fvr_core.data.augment import normalize
 from fvr_core.data.dataset import load_dataset, split_ids
-from fvr_core.models.forensic import COOC_ORDER, COOC_STEPS, COOC_T, Residuals
+from fvr_core.models.forensic import CoocFeatures
 from fvr_core.metrics import classification_metrics
 from fvr_core.settings import FAKE
 
-STEPS = {"h": (0, 1), "v": (1, 0), "d": (1, 1), "a": (1, -1)}
-
-
-def histograms(symbols: torch.Tensor, direction: str) -> torch.Tensor:
-    """Normalised co-occurrence histogram of COOC_ORDER neighbours along a direction, per (image, channel)."""
-    dy, dx = STEPS[direction]
-    span = COOC_ORDER - 1
-    h, w = symbols.shape[2] - span * dy, symbols.shape[3] - span * abs(dx)
-    x0 = span if dx < 0 else 0
-    code = None
-    for i in range(COOC_ORDER):
-        part = symbols[:, :, i * dy : i * dy + h, x0 + i * dx : x0 + i * dx + w]
-        code = part if code is None else code * (2 * COOC_T + 1) + part
-    rows = code.reshape(code.shape[0] * code.shape[1], -1)
-    bins = (2 * COOC_T + 1) ** COOC_ORDER
-    counts = torch.stack([torch.bincount(row, minlength=bins) for row in rows])
-    return counts.view(code.shape[0], -1).float() / rows.shape[1]
-
 
 @torch.inference_mode()
-def features(images: np.ndarray, directions: str, residuals: Residuals) -> np.ndarray:
-    out = []
-    for start in range(0, len(images), 8):
-        x = normalize(torch.from_numpy(np.ascontiguousarray(images[start : start + 8])))
-        residual = residuals(x)
-        parts = []
-        for q in COOC_STEPS:
-            symbols = (residual / q).round_().clamp_(-COOC_T, COOC_T).add_(COOC_T).to(torch.uint8)
-            parts += [histograms(symbols, d) for d in directions]
-        out.append(torch.cat(parts, 1).sqrt())
-    return torch.cat(out).numpy()
+def features(images: np.ndarray, directions: str) -> np.ndarray:
+    """The detector's own sqrt co-occurrence features (fvr_core.models.forensic.CoocFeatures)."""
+    extractor = CoocFeatures(directions)
+    return torch.cat([extractor(normalize(torch.from_numpy(np.ascontiguousarray(images[start : start + 8])))).sqrt()
+                      for start in range(0, len(images), 8)]).numpy()
 
 
 def main() -> None:
@@ -73,15 +49,13 @@ def main() -> None:
     if args.extra:
         train_sets["shared set + extra fakes"] = split["train"]
     val = split["val"][main_source[split["val"]]]  # the shared set's validation images only
-    residuals = Residuals()
     print(f"{len(data)} images; train {len(split['train'])}, shared-set val {len(val)}")
     print("| directions | trained on | C | val balanced acc | val ROC AUC | features | fit s |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for directions in args.directions.split(","):
         started = time.perf_counter()
         needed = np.unique(np.concatenate([val, *train_sets.values()]))
-        f = np.zeros((len(data), 0), np.float32)
-        computed = features(data.images[needed], directions, residuals)
+        computed = features(data.images[needed], directions)
         f = np.zeros((len(data), computed.shape[1]), np.float32)
         f[needed] = computed
         print(f"<!-- {directions}: {(time.perf_counter() - started) / len(needed) * 1000:.0f} ms an image -->", flush=True)

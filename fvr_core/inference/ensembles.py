@@ -8,13 +8,10 @@ images one member trained on would report a score nobody can reach.
 
 from __future__ import annotations
 
-import csv
-import io
 import time
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -26,8 +23,7 @@ from fvr_core.models.ensemble import ENSEMBLE, EnsembleModel
 from fvr_core.inference.evaluation import predict_logits, prob_fake_from_logits
 from fvr_core.metrics import classification_metrics
 from fvr_core.runs.store import COMPLETED, Run, RunError, RunStore
-from fvr_core.files import atomic_write_json, atomic_write_text, now_iso
-from fvr_core.settings import CLASSES
+from fvr_core.files import atomic_write_json, now_iso
 
 def _same_split(runs: Sequence[Run]) -> dict:
     """The split the runs share, or RunError naming the runs that differ."""
@@ -92,7 +88,7 @@ def make_ensemble(runs: Sequence[Run], runs_dir: str | Path | None = None, name:
                         "val_balanced_acc": val["balanced_accuracy"], "val_roc_auc": val["roc_auc"], "time": time.time()})
     test = classification_metrics(labels["test"], prob_fake_from_logits(logits["test"]))
     test.update(loss=float(F.cross_entropy(logits["test"], torch.from_numpy(labels["test"]))), best_epoch=1, checkpoint="best")
-    _write_test_predictions(run, [image_set.ids[i] for i in idx["test"]], labels["test"], prob_fake_from_logits(logits["test"]))
+    run.write_test_predictions([image_set.ids[i] for i in idx["test"]], labels["test"], prob_fake_from_logits(logits["test"]))
     atomic_write_json(run.path / "test_metrics.json", test)
     save_calibration(run, calibration_from_logits(logits["val"].numpy(), labels["val"], logits["test"].numpy(), labels["test"]))
     run.write_status(COMPLETED, phase="", ended=now_iso(), train_seconds=round(time.time() - started, 2),
@@ -105,12 +101,3 @@ def _create_run(runs_dir: str | Path | None, config) -> Run:
     """A new run folder for an ensemble: not validated as a training config, since `ensemble` is
     not a model one can train (its members were trained)."""
     return RunStore(runs_dir).create(config, validate=False)
-
-
-def _write_test_predictions(run: Run, ids: list[str], labels: np.ndarray, probs: np.ndarray) -> None:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["id", "label", "prob_fake", "predicted"])
-    for image_id, label, p in zip(ids, labels, probs):
-        writer.writerow([image_id, CLASSES[int(label)], f"{p:.6f}", CLASSES[0] if p >= 0.5 else CLASSES[1]])
-    atomic_write_text(run.path / "test_predictions.csv", buffer.getvalue())

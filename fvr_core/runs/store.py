@@ -19,6 +19,8 @@ half of one; metrics.jsonl lines are single appends and a reader skips a partial
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import secrets
@@ -334,6 +336,15 @@ class Run(JobFolder):
     def heartbeat(self) -> None:
         # a file of its own, touched: rewriting status.json here could undo a state change
         (self.path / "heartbeat").touch()
+
+    def write_test_predictions(self, ids: Iterable[str], labels: Iterable[int], prob_fake: Iterable[float]) -> None:
+        """test_predictions.csv: each test image's id, true class, probability of fake and verdict at 0.5."""
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["id", "label", "prob_fake", "predicted"])
+        for image_id, label, p in zip(ids, labels, prob_fake):
+            writer.writerow([image_id, settings.CLASSES[int(label)], f"{p:.6f}", settings.CLASSES[0] if p >= 0.5 else settings.CLASSES[1]])
+        atomic_write_text(self.path / "test_predictions.csv", buffer.getvalue())
 
     def append_metrics(self, row: dict[str, Any]) -> None:
         line = json.dumps(row, default=float) + "\n"

@@ -7,9 +7,7 @@ evaluation runs in eval mode without autograd.
 
 from __future__ import annotations
 
-import csv
 import errno
-import io
 import math
 import shutil
 import tempfile
@@ -522,14 +520,8 @@ class Trainer:
         metrics, probs, loss = self._evaluate("test", test_logits)
         metrics.update(loss=loss, best_epoch=meta.get("epoch"), checkpoint="best", selected_by=self.config.select_metric)
         metrics["per_source"] = per_source_recall(self.data, self.split_idx["test"], probs)
-        ids = [self.data.ids[i] for i in self.split_idx["test"]]
-        labels = self.data.labels[self.split_idx["test"]]
-        buffer = io.StringIO()
-        writer = csv.writer(buffer)
-        writer.writerow(["id", "label", "prob_fake", "predicted"])
-        for image_id, label, p in zip(ids, labels, probs):
-            writer.writerow([image_id, CLASSES[int(label)], f"{p:.6f}", CLASSES[0] if p >= 0.5 else CLASSES[1]])
-        atomic_write_text(self.run.path / "test_predictions.csv", buffer.getvalue())
+        self.run.write_test_predictions([self.data.ids[i] for i in self.split_idx["test"]],
+                                        self.data.labels[self.split_idx["test"]], probs)
         crash_point("test")
         atomic_write_json(self.run.path / "test_metrics.json", metrics)
         self._calibrate(test_logits)
