@@ -53,6 +53,9 @@ class TrainConfig:
     class_weights: str = _field("none", "loss weight per class: none, or balanced (each class weighs "
                                         "n_train / (2 * n_class), so a 1:3 set counts both classes equally)", CLASS_WEIGHTS, search=True)
     grad_clip: float = _field(0.0, "clip the gradient norm to this value (0 = off)", search=(0.0, 100.0))
+    ema: float = _field(0.0, "average the weights over training: an exponential moving average with this decay per step "
+                             "(e.g. 0.998: about the last 500 steps) is what is validated, selected and saved; it smooths "
+                             "the epoch-to-epoch swings of a small batch (0 = off)")
     augment: str = _field("light", "augmentation level", tuple(AUGMENTATIONS), search=True)
     image_size: int = _field(300, "side of the square input in pixels", search=(32, 1024))
     train_crop: int = _field(0, "train on random crops of this side cut from the image_size images, pixels untouched "
@@ -90,6 +93,8 @@ class TrainConfig:
                      if isinstance(v, float) and v > 0 and math.isinf(v)]
         if not 0 <= self.seed < 2**32:  # numpy's generators (the split) take no negative seed
             problems.append(f"seed={self.seed!r}: must be between 0 and {2**32 - 1}")
+        if not 0 <= self.ema < 1:
+            problems.append(f"ema={self.ema!r}: a decay in [0, 1) (0 = off; 0.99-0.9995 average the last 100-2000 steps)")
         if not 0 <= self.label_smoothing < 1:
             problems.append(f"label_smoothing={self.label_smoothing!r}: must be in [0, 1)")
         if len(self.split) != 3 or any(not x >= 0 for x in self.split) or not (self.split[0] > 0 and self.split[1] > 0 and self.split[2] > 0):
@@ -237,14 +242,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     "Quick look": {
         # a curve within seconds and a finished run in about a minute on a laptop CPU
         "model": "cnn", "image_size": 64, "epochs": 5, "batch_size": 32, "lr": 1e-3, "optimizer": "adam",
-        "schedule": "none", "augment": "light", "weight_decay": 0.0, "grad_clip": 0.0, "patience": 0,
+        "schedule": "none", "augment": "light", "weight_decay": 0.0, "grad_clip": 0.0, "patience": 0, "ema": 0.0,
     },
     "Original recipe": {
         # the write-up's recipe, all of it that is not a bug (ORIGINAL_RECIPE_DIFFERENCES lists the rest)
         "image_size": 300, "epochs": 30, "batch_size": 32, "lr": 1e-3, "optimizer": "adam", "schedule": "none",
         "augment": "none", "weight_decay": 0.0, "grad_clip": 0.0, "label_smoothing": 0.0, "warmup_epochs": 0.0,
         "patience": 0, "seed": 42, "split": (0.6, 0.2, 0.2), "pretrained": False,
-        "class_weights": "none", "select_metric": "val_loss",
+        "class_weights": "none", "select_metric": "val_loss", "ema": 0.0,
     },
 }
 PRESET_NOTES = {

@@ -14,6 +14,7 @@ from fvr_core.data.dataset import DataError, is_cached
 from fvr_core.workspace.datasources import dataset_title, split_sizes
 from fvr_core.training.estimate import estimate_run, estimate_runs, format_duration, speed_for
 from fvr_core.training.launcher import launch, prewarm, resume_in_background, stop
+from fvr_core.training.searches import TRAIN_PAGE_OPTIONS
 from fvr_core.report.live import batch_summary, ended_badly, live_poll_seconds, run_choice_label, run_to_follow
 from fvr_core.models.registry import MODELS
 from fvr_core.runs.store import ACTIVE_STATES, COMPLETED, DIVERGED, FAILED, INTERRUPTED, QUEUED, RUNNING, STOPPED, RunError, RunStore
@@ -29,10 +30,11 @@ LR_CHOICES = [1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 
 BATCH_CHOICES = [4, 8, 16, 32, 64, 128]
 WEIGHT_DECAY_CHOICES = [0.0, 1e-5, 1e-4, 1e-3, 1e-2, 5e-2, 1e-1]
 CLIP_CHOICES = [0.0, 0.5, 1.0, 2.0, 5.0, 10.0]
+EMA_CHOICES = list(TRAIN_PAGE_OPTIONS["ema"])
 SIZE_CHOICES = [s for s in (48, 64, 96, 128, 160, 192, 224, 256, 300) if s <= lim.max_image_size]
 MODEL_CHOICES = [m for m in MODELS if lim.allows_model(m)]
 FIELDS = ("model", "epochs", "lr", "batch_size", "optimizer", "schedule", "weight_decay", "augment", "image_size",
-          "seed", "patience", "grad_clip", "label_smoothing", "warmup_epochs", "class_weights", "select_metric", "pretrained",
+          "seed", "patience", "grad_clip", "ema", "label_smoothing", "warmup_epochs", "class_weights", "select_metric", "pretrained",
           "name")
 HELP = {f.name: f.metadata["help"] for f in config_fields()}
 
@@ -49,7 +51,7 @@ def fit_widgets(values: dict) -> dict:
     slider's choices or kept within its range."""
     values = dict(values)
     for key, choices in (("lr", LR_CHOICES), ("batch_size", BATCH_CHOICES), ("weight_decay", WEIGHT_DECAY_CHOICES),
-                         ("grad_clip", CLIP_CHOICES), ("image_size", SIZE_CHOICES)):
+                         ("grad_clip", CLIP_CHOICES), ("ema", EMA_CHOICES), ("image_size", SIZE_CHOICES)):
         if key in values:
             values[key] = _snap(values[key], choices)
     if "epochs" in values:
@@ -133,6 +135,8 @@ with c3:
     st.selectbox("Class weights", CLASS_WEIGHTS, key="cfg_class_weights", help=HELP["class_weights"])
     st.select_slider("Gradient clipping (max norm, 0 = off)", CLIP_CHOICES, key="cfg_grad_clip", format_func=lambda v: f"{v:g}")
     st.slider("Label smoothing", 0.0, 0.3, step=0.05, key="cfg_label_smoothing")
+    st.select_slider("Weight averaging (EMA decay, 0 = off)", EMA_CHOICES, key="cfg_ema", format_func=lambda v: f"{v:g}",
+                     help=HELP["ema"])
     st.checkbox("Start from ImageNet weights", key="cfg_pretrained", disabled=lim.demo or not MODELS[st.session_state["cfg_model"]].pretrained_available,
                 help="downloads the weights once (needs internet)")
 st.text_input("Run name (optional)", key="cfg_name", max_chars=60)

@@ -23,6 +23,7 @@ def test_json_round_trip_is_lossless():
     ({"batch_size": 0}, "batch_size"), ({"model": "alexnet"}, "model"), ({"optimizer": "lion"}, "optimizer"),
     ({"image_size": 8}, "image_size"), ({"split": (0.8, 0.2, 0.0)}, "split"), ({"label_smoothing": 1.0}, "label_smoothing"),
     ({"augment": "extreme"}, "augment"), ({"pretrained": True}, "pretrained"),
+    ({"ema": 1.0}, "ema"), ({"ema": -0.5}, "ema"), ({"ema": float("nan")}, "ema"),
 ])
 def test_invalid_values_name_the_field(changes, field):
     with pytest.raises(ConfigError, match=field):

@@ -117,7 +117,7 @@ def test_a_failed_trial_is_recorded_and_the_search_goes_on(demo_data, tmp_path):
 
 def test_stopping_a_search_stops_its_trial_and_starts_no_more(demo_data, tmp_path):
     runs = tmp_path / "runs"
-    result = fvr("search", "--data", str(demo_data), *SMALL, "--epochs", "30", "--trials", "3", "--pruner", "none",
+    result = fvr("search", "--data", str(demo_data), *SMALL, "--epochs", "500", "--trials", "3", "--pruner", "none",
                  "--lr", "1e-4:1e-2", "--runs-dir", str(runs), "--background")
     assert result.returncode == 0, result.stderr
     search = only_search(runs)
@@ -126,7 +126,7 @@ def test_stopping_a_search_stops_its_trial_and_starts_no_more(demo_data, tmp_pat
     wait_for(lambda: search.state == "stopped", "the search to stop")
     assert run.state == "stopped" and run.status()["message"] == "the search was stopped"
     assert len(RunStore(runs).list()) == 1  # no trial after the stop
-    assert len(run.epoch_rows()) < 30
+    assert len(run.epoch_rows()) < 500  # stopped, not trained out (a short trial could end before a busy machine delivers the stop)
 
 
 def test_search_resumes_after_its_worker_is_killed(demo_data, tmp_path):

@@ -143,14 +143,16 @@ def test_schedules_change_the_learning_rate(colour_data, tmp_path, schedule):
     assert max(lrs) <= 1e-3 * 1.0001 and lrs[-1] < max(lrs) and lrs[0] < max(lrs)
 
 
-def test_resume_after_a_stop_matches_an_uninterrupted_run(colour_data, tmp_path):
-    """Stop after epoch 1, resume: the same weights as three epochs in one go (same seed)."""
-    full = train(small(colour_data, epochs=3), runs_dir=tmp_path / "full")
+@pytest.mark.parametrize("ema", [0.0, 0.8])
+def test_resume_after_a_stop_matches_an_uninterrupted_run(colour_data, tmp_path, ema):
+    """Stop after epoch 1, resume: the same weights as three epochs in one go (same seed), the
+    weights' moving average included when training keeps one."""
+    full = train(small(colour_data, epochs=3, ema=ema), runs_dir=tmp_path / "full")
 
     from fvr_core.training.trainer import Trainer
 
     store = RunStore(tmp_path / "cut")
-    run = store.create(small(colour_data, epochs=3))
+    run = store.create(small(colour_data, epochs=3, ema=ema))
     Trainer(run, lambda e, i: run.request_stop() if e == "epoch" and i["epoch"] == 1 else None).fit()
     assert run.state == STOPPED and len(run.epoch_rows()) == 1
     resume(run)
@@ -161,6 +163,33 @@ def test_resume_after_a_stop_matches_an_uninterrupted_run(colour_data, tmp_path)
     a, b = load_file(full.path / "last.safetensors"), load_file(run.path / "last.safetensors")
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
     assert run.test_metrics()["accuracy"] == full.test_metrics()["accuracy"]
+
+
+def test_weight_averaging_validates_selects_and_saves_the_average(colour_data, tmp_path):
+    """With ema on, last.safetensors holds the moving average of the weights (what the last epoch
+    row scored), not the weights the optimizer left."""
+    from fvr_core.training.trainer import Trainer
+
+    decay = 0.8
+    run = RunStore(tmp_path).create(small(colour_data, epochs=2, ema=decay))
+    trainer = Trainer(run)
+    by_hand, raw = {}, {}
+    train_step = trainer._train_step
+
+    def step_then_average_by_definition(images, labels):
+        out = train_step(images, labels)
+        for name, value in trainer.model.state_dict().items():
+            if value.is_floating_point():
+                raw[name] = value.clone()
+                by_hand[name] = value.clone() if name not in by_hand else decay * by_hand[name] + (1 - decay) * value
+        return out
+
+    trainer._train_step = step_then_average_by_definition
+    trainer.fit()
+    assert run.state == COMPLETED
+    saved = load_file(run.path / "last.safetensors")
+    assert by_hand and all(torch.allclose(saved[name], value, atol=1e-6) for name, value in by_hand.items())
+    assert any(not torch.allclose(saved[name], raw[name]) for name in raw)
 
 
 def test_unusable_data_fails_the_run_with_the_reason(tmp_path):

@@ -516,12 +516,13 @@ def study_figures(search: Search) -> dict[str, Any]:
 LOG_STEPS = (1, 2, 5)
 # the settings the Train page has widgets for (st.session_state["cfg_<field>"]) and its options, so "Train the best settings" hands it values it offers
 TRAIN_PAGE_FIELDS = ("model", "epochs", "lr", "batch_size", "optimizer", "schedule", "weight_decay", "augment", "image_size",
-                     "seed", "patience", "grad_clip", "label_smoothing", "warmup_epochs", "pretrained", "name")
+                     "seed", "patience", "grad_clip", "ema", "label_smoothing", "warmup_epochs", "pretrained", "name")
 TRAIN_PAGE_OPTIONS: dict[str, tuple] = {
     "lr": (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 1e-1),
     "batch_size": (4, 8, 16, 32, 64, 128),
     "weight_decay": (0.0, 1e-5, 1e-4, 1e-3, 1e-2, 5e-2, 1e-1),
     "grad_clip": (0.0, 0.5, 1.0, 2.0, 5.0, 10.0),
+    "ema": (0.0, 0.99, 0.995, 0.998, 0.999),
     "image_size": (48, 64, 96, 128, 160, 192, 224, 256, 300),
     "label_smoothing": tuple(round(0.05 * i, 2) for i in range(7)),
     "warmup_epochs": tuple(0.5 * i for i in range(11)),

@@ -103,6 +103,14 @@ def class_loss_weights(mode: str, train_labels: np.ndarray) -> torch.Tensor | No
     return torch.tensor(weights, dtype=torch.float32)
 
 
+def _weight_average(model: nn.Module, decay: float) -> nn.Module:
+    """torch's exponential moving average of `model`'s weights, batch-norm statistics included
+    (use_buffers: the average's own statistics would otherwise need a pass over the data)."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
 def _make_optimizer(config: TrainConfig, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     fused = {"fused": True} if device.type == "cuda" else {}  # one kernel for the whole update
@@ -200,6 +208,8 @@ class Trainer:
         if use_channels_last(config, self.device):
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = _make_optimizer(config, self.model, self.device)
+        # what is validated, selected and saved: the weights' moving average when asked, else the weights
+        self.ema_model = _weight_average(self.model, config.ema) if config.ema and spec.fit is None else None
         shard_size = math.ceil(len(train_idx) / self.dist.world_size)
         self.steps_per_epoch = max(1, math.ceil(shard_size / config.batch_size))
         self.total_steps = config.epochs * self.steps_per_epoch
@@ -225,10 +235,16 @@ class Trainer:
         )
         self.progress("start", {"total_steps": self.total_steps, "step": self.step, "device": str(self.device)})
 
+    @property
+    def scored_model(self) -> nn.Module:
+        """The model validation, checkpoints and the test see: the moving average of the weights
+        when config.ema is on, else the trained weights themselves."""
+        return self.model if self.ema_model is None else self.ema_model.module
+
     def _wrap_for_training(self, model: nn.Module) -> nn.Module:
         """The module the training steps call: DDP under torchrun (it averages gradients and starts
         every process from rank 0's weights), compiled if asked. It shares its parameters with
-        self.model, which evaluation and checkpoints use as it is."""
+        self.model, which evaluation and checkpoints use as it is (or its average: scored_model)."""
         if self.dist.enabled:
             model = nn.parallel.DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if self.config.compile:
@@ -254,6 +270,8 @@ class Trainer:
         else:  # written before the weights were kept in it
             model, _ = load_checkpoint(self.run.path / "last.safetensors", device=self.device)
             self.model.load_state_dict(model.state_dict())
+        if self.ema_model is not None and "ema_model" in state:
+            self.ema_model.load_state_dict(state["ema_model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self._restore_random_state(state)
@@ -430,12 +448,14 @@ class Trainer:
             grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self.model.parameters() if p.grad is not None])
         self.optimizer.step()
         self.scheduler.step()
+        if self.ema_model is not None:
+            self.ema_model.update_parameters(self.model)
         return loss.detach(), logits.detach(), grad_norm.detach()
 
     def _logits(self, split: str) -> torch.Tensor:
         if split in getattr(self, "_fitted_logits", {}):
             return self._fitted_logits[split]
-        return predict_logits(self.model, self.data.images, self.split_idx[split], batch_size=max(64, self.config.batch_size),
+        return predict_logits(self.scored_model, self.data.images, self.split_idx[split], batch_size=max(64, self.config.batch_size),
                               device=self.device, autocast_dtype=self.autocast_dtype)
 
     def _evaluate(self, split: str, logits: torch.Tensor | None = None) -> tuple[dict[str, Any], np.ndarray, float]:
@@ -467,15 +487,16 @@ class Trainer:
             self.epochs_without_better += 1
         meta = self._checkpoint_meta(epoch + 1, row)
         random_state = distributed.all_gather_object(self._random_state(), self.dist)  # every process's streams, in rank order
-        save_checkpoint(self.run.path / "last", self.model, meta)
+        save_checkpoint(self.run.path / "last", self.scored_model, meta)
         crash_point("checkpoint")
         if improved:
-            save_checkpoint(self.run.path / "best", self.model, meta)
+            save_checkpoint(self.run.path / "best", self.scored_model, meta)
         # last_state.pt commits the epoch: a resume starts from it alone (it holds the weights too, so
         # a process killed between the files above and it never mixes two epochs), and redoes an epoch
         # whose last.* or best.* was written but not committed
         self._save_state({
             "model": self.model.state_dict(),
+            **({"ema_model": self.ema_model.state_dict()} if self.ema_model is not None else {}),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             **random_state[0], "rank_rng": random_state,
             "step": self.step, "epoch": epoch + 1, "best_val_loss": self.best_val_loss, "best_score": list(self.best_score),
@@ -515,7 +536,7 @@ class Trainer:
 
     def _test_best(self) -> dict[str, Any]:
         model, meta = load_checkpoint(self.run.path / "best.safetensors", device=self.device)
-        self.model = model
+        self.model, self.ema_model = model, None  # best holds the averaged weights already, when averaging
         test_logits = self._logits("test")
         metrics, probs, loss = self._evaluate("test", test_logits)
         metrics.update(loss=loss, best_epoch=meta.get("epoch"), checkpoint="best", selected_by=self.config.select_metric)
