@@ -26,6 +26,7 @@ def label(run) -> str:
         return f"{config.model}, {config.image_size} px" + (f" ({config.name})" if config.name else "")
     extra = [f"lr {config.lr:g}"] + ([f"clip {config.grad_clip:g}"] if config.grad_clip else [])
     extra += [f"augment {config.augment}"] if config.augment != "none" else []
+    extra += [f"ema {config.ema:g}"] if config.ema else []
     return f"{config.model}, {config.image_size} px, {config.epochs} ep, {', '.join(extra)}"
 
 
