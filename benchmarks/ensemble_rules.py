@@ -22,7 +22,8 @@ import itertools
 import numpy as np
 import torch
 
-from fvr_core.inference.evaluation import load_run_model_and_data, predict_logits, run_split_indices
+from fvr_core.inference.calibration import fit_temperature, run_split_logits
+from fvr_core.inference.evaluation import load_run_model_and_data, run_split_indices
 from fvr_core.runs.store import RunStore
 from fvr_core.settings import FAKE
 
@@ -31,7 +32,7 @@ def validation_log_odds(run) -> tuple[list[str], np.ndarray, np.ndarray]:
     """(image ids, labels, log-odds of fake) of a run's best checkpoint on its validation split."""
     model, image_set = load_run_model_and_data(run)
     idx = run_split_indices(run, image_set, "val")
-    logits = predict_logits(model, image_set.images, idx, batch_size=16).numpy().astype(np.float64)
+    logits = run_split_logits(model, image_set, idx)
     return [image_set.ids[i] for i in idx], image_set.labels[idx], logits[:, FAKE] - logits[:, 1 - FAKE]
 
 
@@ -39,12 +40,17 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-z))
 
 
-def mean_rule(train_z: np.ndarray, train_fake: np.ndarray, z: np.ndarray) -> np.ndarray:
-    from sklearn.linear_model import LogisticRegression
+def _as_logits(log_odds: np.ndarray) -> np.ndarray:
+    """(N,) log-odds of fake -> (N, 2) logits in CLASSES order, as fvr's models return them."""
+    logits = np.empty((len(log_odds), 2))
+    logits[:, FAKE], logits[:, 1 - FAKE] = log_odds / 2, -log_odds / 2
+    return logits
 
-    scales = [LogisticRegression(C=1e6, fit_intercept=False).fit(train_z[:, [j]], train_fake).coef_[0, 0]
-              for j in range(z.shape[1])]  # 1 / temperature, fitted on the NLL as calibration does
-    return _sigmoid((z * np.asarray(scales)).mean(1))
+
+def mean_rule(train_z: np.ndarray, train_fake: np.ndarray, z: np.ndarray) -> np.ndarray:
+    labels = np.where(train_fake == 1, FAKE, 1 - FAKE)
+    temperatures = [fit_temperature(_as_logits(train_z[:, j]), labels) for j in range(z.shape[1])]  # as calibration does
+    return _sigmoid((z / np.asarray(temperatures)).mean(1))
 
 
 def balanced_mean_rule(train_z: np.ndarray, train_fake: np.ndarray, z: np.ndarray) -> np.ndarray:
