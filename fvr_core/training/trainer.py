@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from safetensors import safe_open
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from fvr_core.training import distributed
 from fvr_core.data.augment import BatchAugmenter, normalize, random_crop
@@ -106,8 +107,6 @@ def class_loss_weights(mode: str, train_labels: np.ndarray) -> torch.Tensor | No
 def _weight_average(model: nn.Module, decay: float) -> nn.Module:
     """torch's exponential moving average of `model`'s weights, batch-norm statistics included
     (use_buffers: the average's own statistics would otherwise need a pass over the data)."""
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
