@@ -69,7 +69,6 @@ def session_cache(tmp_path_factory):
     run before the per-test settings below, and would otherwise fill the user's ~/.cache/fvr).
     Temporary files of this process and of every process a test starts (TMPDIR), and torch
     inductor's compiled kernels, go under pytest's base temp folder too: counted, and removed."""
-    global _meter
     base = tmp_path_factory.getbasetemp()
     scratch = base / "tmp"
     scratch.mkdir(exist_ok=True)
@@ -79,8 +78,15 @@ def session_cache(tmp_path_factory):
         mp.setattr(tempfile, "tempdir", str(scratch))
         mp.setenv("TORCHINDUCTOR_CACHE_DIR", str(base / "torchinductor"))
         mp.setenv("TRITON_CACHE_DIR", str(base / "triton"))
-        _meter = TempDiskMeter(base)
         yield
+
+
+def pytest_sessionstart(session):
+    """The meter runs in the process that reports: the only one, or the controller of pytest-xdist's
+    workers (`-n 2`), whose base temp folder holds each worker's (popen-gw0, popen-gw1, ...)."""
+    global _meter
+    if not hasattr(session.config, "workerinput"):  # an xdist worker has workerinput
+        _meter = TempDiskMeter(session.config._tmp_path_factory.getbasetemp())
 
 
 def pytest_runtest_logstart(nodeid, location):
