@@ -20,6 +20,7 @@ FAKE, REAL = 0, 1
 # the verdict on a photo where face search found no face, unless asked to judge the whole photo:
 # the models learnt faces framed one way, and their answer on a landscape or a gradient means nothing
 NOT_JUDGED = "not judged"
+ENSEMBLE = "ensemble"  # the `model` an ensemble run's config and checkpoint name
 
 # ImageNet statistics, as the original write-up normalised with them (and pretrained weights expect them)
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)

@@ -54,7 +54,7 @@ show_table(shown, **{
     "time (s)": st.column_config.NumberColumn(format="%.0f"),
     "images/s": st.column_config.NumberColumn(format="%.1f"),
 })
-st.caption("Shipped reference: runs that come with fvr (checkpoints/reference), trained for the original comparison.")
+st.caption("Shipped reference: runs that come with fvr (checkpoints/reference): the original comparison and the best detectors of the README's results.")
 st.download_button("Download the table (CSV)", table_csv(shown), file_name="fvr-runs.csv", mime="text/csv",
                    icon=":material/download:")
 

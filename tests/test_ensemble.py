@@ -77,6 +77,8 @@ def test_the_cli_makes_an_ensemble_that_compare_lists_like_any_run(members, tmp_
     assert made.config.name == "both" and json.loads((made.path / "best.json").read_text())["combine"] == "probability"
     table = comparison_table([made, *runs])
     assert list(table["model"]) == ["ensemble", "cnn", "cooc_lr"]
+    # made in one pass each: the 30 epochs their configs inherit were never trained
+    assert list(table["epochs"]) == ["one fit", f"{runs[0].config.epochs}/{runs[0].config.epochs}", "one fit"]
     assert best_run_per_model([made, *runs])["ensemble"].id == made.id
 
 

@@ -10,9 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from fvr_core.models.registry import build_model
-from fvr_core.settings import CLASSES, FAKE
+from fvr_core.settings import CLASSES, ENSEMBLE, FAKE  # noqa: F401  (ENSEMBLE: imported from here too)
 
-ENSEMBLE = "ensemble"  # the `model` an ensemble run's config and checkpoint name
 COMBINES = ("log_odds", "probability")
 
 

@@ -38,6 +38,8 @@ import psutil
 from fvr_core import settings
 from fvr_core.config import TrainConfig
 from fvr_core.files import atomic_write_json, atomic_write_text, crash_due, now_iso, read_json, read_jsonl
+from fvr_core.models.registry import MODELS
+from fvr_core.settings import ENSEMBLE
 
 QUEUED, RUNNING, COMPLETED, STOPPED, DIVERGED, FAILED, INTERRUPTED, PRUNED = (
     "queued", "running", "completed", "stopped", "diverged", "failed", "interrupted", "pruned",
@@ -48,6 +50,15 @@ ACTIVE_STATES = (QUEUED, RUNNING)
 RESUMABLE = (INTERRUPTED, STOPPED, FAILED)  # what resume continues from the last checkpoint
 HEARTBEAT_SECONDS = 5.0
 STALE_AFTER_SECONDS = 60.0  # a heartbeat this old means the process is gone (e.g. on another host)
+
+
+ONE_FIT = "one fit"  # a run's epochs column for a model made in one pass, not by epochs of gradient steps
+
+
+def fitted_once(model: str | None) -> bool:
+    """Whether a model is made in one pass (a classical detector's fit, an ensemble of finished
+    runs): its config's `epochs` was never used, so "1/30" would misreport it."""
+    return model == ENSEMBLE or (model in MODELS and MODELS[model].fit is not None)
 
 
 class RunError(ValueError):
@@ -307,7 +318,7 @@ class Run(JobFolder):
             "reference": self.is_reference,
             "model": config.get("model"),
             "state": status["state"],
-            "epochs": f"{len(epochs)}/{config.get('epochs', '?')}",
+            "epochs": ONE_FIT if fitted_once(config.get("model")) else f"{len(epochs)}/{config.get('epochs', '?')}",
             "lr": config.get("lr"),
             "batch_size": config.get("batch_size"),
             "image_size": config.get("image_size"),
