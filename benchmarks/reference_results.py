@@ -16,18 +16,26 @@ from pathlib import Path
 from fvr_core.inference.calibration import load_calibration
 from fvr_core.report.compare import smooth
 from fvr_core.runs.reference import reference_info
-from fvr_core.runs.store import RunStore
+from fvr_core.runs.store import RunStore, fitted_once
 from fvr_core.settings import reference_root
+
+
+def _source_name(source: str) -> str:
+    """'fake:../shared/datasets/extra-gan-fakes/boredhumans' -> 'boredhumans fakes'."""
+    label, sep, path = source.partition(":")
+    return f"{Path(path).name} {label}s" if sep and label in ("fake", "real") else Path(source).name
 
 
 def label(run) -> str:
     config = run.config
-    if config.model in ("cooc_lr", "cooc_lr4", "ensemble"):  # fitted in one pass or made of other runs: no epochs or lr
+    sources = [s for s in config.data.split(";") if s]
+    trained_on = [f"trained on {' + '.join(map(_source_name, sources))}"] if len(sources) > 1 else []
+    if fitted_once(config.model):  # fitted in one pass or made of other runs: no epochs or lr
         return f"{config.model}, {config.image_size} px" + (f" ({config.name})" if config.name else "")
     extra = [f"lr {config.lr:g}"] + ([f"clip {config.grad_clip:g}"] if config.grad_clip else [])
     extra += [f"augment {config.augment}"] if config.augment != "none" else []
     extra += [f"ema {config.ema:g}"] if config.ema else []
-    return f"{config.model}, {config.image_size} px, {config.epochs} ep, {', '.join(extra)}"
+    return f"{config.model}, {config.image_size} px, {config.epochs} ep, {', '.join(extra + trained_on)}"
 
 
 def table(runs) -> str:
