@@ -26,12 +26,13 @@ st.title("Train")
 demo_banner()
 lim = limits()
 
-LR_CHOICES = [1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 1e-1]
-BATCH_CHOICES = [4, 8, 16, 32, 64, 128]
-WEIGHT_DECAY_CHOICES = [0.0, 1e-5, 1e-4, 1e-3, 1e-2, 5e-2, 1e-1]
-CLIP_CHOICES = [0.0, 0.5, 1.0, 2.0, 5.0, 10.0]
+# the sliders' steps, shared with the Search page's "Train the best settings" (it rounds to them)
+LR_CHOICES = list(TRAIN_PAGE_OPTIONS["lr"])
+BATCH_CHOICES = list(TRAIN_PAGE_OPTIONS["batch_size"])
+WEIGHT_DECAY_CHOICES = list(TRAIN_PAGE_OPTIONS["weight_decay"])
+CLIP_CHOICES = list(TRAIN_PAGE_OPTIONS["grad_clip"])
 EMA_CHOICES = list(TRAIN_PAGE_OPTIONS["ema"])
-SIZE_CHOICES = [s for s in (48, 64, 96, 128, 160, 192, 224, 256, 300) if s <= lim.max_image_size]
+SIZE_CHOICES = [s for s in TRAIN_PAGE_OPTIONS["image_size"] if s <= lim.max_image_size]
 MODEL_CHOICES = [m for m in MODELS if lim.allows_model(m)]
 FIELDS = ("model", "epochs", "lr", "batch_size", "optimizer", "schedule", "weight_decay", "augment", "image_size",
           "seed", "patience", "grad_clip", "ema", "label_smoothing", "warmup_epochs", "class_weights", "select_metric", "pretrained",

@@ -19,11 +19,12 @@ from fvr_core.inference.calibration import calibration_from_logits, load_calibra
 from fvr_core.runs.checkpoint import load_checkpoint, save_checkpoint
 from fvr_core.config import TrainConfig
 from fvr_core.data.dataset import load_dataset
-from fvr_core.models.ensemble import ENSEMBLE, EnsembleModel
+from fvr_core.models.ensemble import EnsembleModel
 from fvr_core.inference.evaluation import predict_logits, prob_fake_from_logits
 from fvr_core.metrics import classification_metrics
 from fvr_core.runs.store import COMPLETED, Run, RunError, RunStore
 from fvr_core.files import atomic_write_json, now_iso
+from fvr_core.settings import ENSEMBLE
 
 def _same_split(runs: Sequence[Run]) -> dict:
     """The split the runs share, or RunError naming the runs that differ."""

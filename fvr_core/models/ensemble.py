@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fvr_core.models.registry import build_model
-from fvr_core.settings import CLASSES, ENSEMBLE, FAKE  # noqa: F401  (ENSEMBLE: imported from here too)
+from fvr_core.settings import CLASSES, FAKE
 
 COMBINES = ("log_odds", "probability")
 

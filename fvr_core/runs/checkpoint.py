@@ -18,10 +18,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from fvr_core.models.ensemble import ENSEMBLE, build_ensemble
+from fvr_core.models.ensemble import build_ensemble
 from fvr_core.models.registry import ModelError, build_model, get_spec
 from fvr_core.files import atomic_file, atomic_write_json, read_json
-from fvr_core.settings import CLASSES, IMAGENET_MEAN, IMAGENET_STD
+from fvr_core.settings import CLASSES, ENSEMBLE, IMAGENET_MEAN, IMAGENET_STD
 
 FORMAT = "fvr-checkpoint/1"
 
